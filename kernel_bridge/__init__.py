@@ -1,0 +1,28 @@
+"""kernel-bridge: let a reasoning model think with a live Python kernel.
+
+Names are imported lazily so that ``python -m kernel_bridge._launcher`` (every kernel start) and the
+CLI stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "BlockingKernel": "kernel_bridge.kernel",
+    "ExecutionResult": "kernel_bridge.kernel",
+    "Kernel": "kernel_bridge.kernel",
+    "KernelError": "kernel_bridge.kernel",
+    "KernelPool": "kernel_bridge.kernel",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'kernel_bridge' has no attribute {name!r}")

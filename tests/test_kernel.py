@@ -1,0 +1,268 @@
+"""The kernel layer: state, outputs, faults and bad input, against real IPython kernels."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import nbformat
+import psutil
+import pytest
+
+from kernel_bridge import BlockingKernel, Kernel, KernelError
+from kernel_bridge.kernel import RESTARTED_NOTE, scrub_environment
+from kernel_bridge.outputs import HeadTail
+
+
+async def test_state_survives_between_blocks(kernel):
+    await kernel.execute("numbers = [1, 2, 3]")
+    await kernel.execute("def total(xs):\n    return sum(xs)")
+    result = await kernel.execute("total(numbers) * 10")
+    assert result.status == "ok"
+    assert result.output_text == "60"
+    assert result.execution_count == 3
+
+
+async def test_outputs_are_notebook_outputs_in_order(kernel):
+    code = (
+        "import sys\n"
+        "print('one')\n"
+        "print('two', file=sys.stderr)\n"
+        "from IPython.display import display, HTML\n"
+        "display(HTML('<b>bold</b>'))\n"
+        "print('three')\n"
+        "41 + 1"
+    )
+    result = await kernel.execute(code)
+    assert result.status == "ok"
+    kinds = [(o.output_type, o.get("name")) for o in result.outputs]
+    assert kinds == [("stream", "stdout"), ("stream", "stderr"), ("display_data", None),
+                     ("stream", "stdout"), ("execute_result", None)]
+    assert result.stdout == "one\nthree\n"
+    assert result.stderr == "two\n"
+    assert result.output_text.splitlines() == ["one", "two", "<IPython.core.display.HTML object>",
+                                               "three", "42"]
+    cell = nbformat.v4.new_code_cell(code, outputs=result.outputs,
+                                     execution_count=result.execution_count)
+    nbformat.validate(nbformat.v4.new_notebook(cells=[cell]))
+
+
+async def test_outputs_arrive_while_code_still_runs(kernel):
+    seen: list[tuple[float, str]] = []
+    t0 = time.monotonic()
+    result = await kernel.execute(
+        "import time, sys\nprint('first'); sys.stdout.flush()\ntime.sleep(1.5)\nprint('second')",
+        on_output=lambda out: seen.append((time.monotonic() - t0, out.text)),
+    )
+    assert result.status == "ok"
+    assert seen[0][1] == "first\n"
+    assert seen[0][0] < result.duration_s - 1.0, "the first output arrived only at the end"
+
+
+async def test_error_has_name_value_and_ansi_free_traceback(kernel):
+    result = await kernel.execute("def f():\n    return 1 / 0\nf()")
+    assert result.status == "error"
+    assert result.error_name == "ZeroDivisionError"
+    assert result.error_value == "division by zero"
+    assert any("return 1 / 0" in line for line in result.traceback)
+    assert "\x1b[" not in "".join(result.traceback) + result.output_text
+    assert result.output_text.endswith("ZeroDivisionError: division by zero")
+    assert result.outputs[-1].output_type == "error"
+
+
+async def test_timeout_interrupts_and_keeps_kernel_state(kernel):
+    await kernel.execute("kept = 'still here'")
+    result = await kernel.execute("while True:\n    pass", timeout=1)
+    assert result.status == "timeout"
+    assert not result.restarted
+    assert "timed out after 1 s" in result.output_text
+    after = await kernel.execute("kept")
+    assert after.output_text == "'still here'"
+
+
+async def test_loop_ignoring_sigint_gets_kernel_restarted(kernel):
+    await kernel.execute("lost = 1")
+    kernel.interrupt_grace = 1
+    result = await kernel.execute(
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass",
+        timeout=1,
+    )
+    assert result.status == "timeout"
+    assert result.restarted
+    assert RESTARTED_NOTE in result.output_text
+    after = await kernel.execute("lost")
+    assert after.error_name == "NameError"
+    assert (await kernel.execute("'usable'")).output_text == "'usable'"
+
+
+@pytest.mark.parametrize("code", ["import os; os._exit(1)", "import ctypes; ctypes.string_at(0)"],
+                         ids=["os_exit", "segfault"])
+async def test_kernel_death_is_detected_quickly_and_restarted(kernel, code):
+    t0 = time.monotonic()
+    result = await kernel.execute(code, timeout=20)
+    detected = time.monotonic() - t0
+    assert result.status == "died"
+    assert result.restarted
+    assert RESTARTED_NOTE in result.output_text
+    assert detected < 10, f"death took {detected:.1f} s to report"  # generous bound: a hang guard
+    assert (await kernel.execute("1 + 1")).output_text == "2"
+
+
+async def _peak_rss_growth(kernel, lines: int):
+    """Run a block printing ``lines`` × 501 bytes; return (result, peak client RSS growth)."""
+    me = psutil.Process()
+    base = me.memory_info().rss
+    peak = base
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, me.memory_info().rss)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = await kernel.execute(
+            f"for i in range({lines}):\n    print(f'{{i:08d}}' + 'x' * 492)", timeout=120
+        )
+    finally:
+        stop.set()
+        sampler.join()
+    return result, peak - base
+
+
+@pytest.mark.slow
+async def test_flood_of_output_keeps_memory_bounded(kernel):
+    result, grew_100mb = await _peak_rss_growth(kernel, 200_000)
+    assert result.status == "ok"
+    assert "characters omitted" in result.output_text
+    assert result.output_text.startswith("00000000x")
+    assert "00199999" in result.output_text
+    assert len(result.output_text) < kernel.output_cap + 100
+    assert len(result.stdout) < kernel.store_cap + 100
+    assert len(result.outputs[0].text) < kernel.store_cap + 100
+    # Bounded: printing three times as much does not cost the client more memory.
+    _, grew_300mb = await _peak_rss_growth(kernel, 600_000)
+    assert grew_300mb < max(1.5 * grew_100mb, 64 << 20), (grew_100mb >> 20, grew_300mb >> 20)
+    assert grew_300mb < 300 << 20
+
+
+async def test_input_fails_immediately(kernel):
+    t0 = time.monotonic()
+    result = await kernel.execute("name = input('Your name? ')")
+    assert time.monotonic() - t0 < 5
+    assert result.status == "error"
+    assert result.error_name == "StdinNotImplementedError"
+
+
+async def test_allocating_past_the_memory_limit_raises_memory_error():
+    async with Kernel(memory_limit=1 << 30) as k:
+        result = await k.execute("block = bytearray(8 << 30)")
+        assert result.status == "error"
+        assert result.error_name == "MemoryError"
+        assert (await k.execute("'alive'")).output_text == "'alive'"
+
+
+async def test_secrets_are_not_inherited(monkeypatch):
+    for name in ("OPENAI_API_KEY", "GITHUB_TOKEN", "APP_SECRET", "DB_PASSWORD", "ALLOWED_TOKEN"):
+        monkeypatch.setenv(name, "s3cr3t")
+    monkeypatch.setenv("HARMLESS_SETTING", "visible")
+    async with Kernel(allow_env=["ALLOWED_TOKEN"]) as k:
+        result = await k.execute(
+            "import os\nsorted(n for n in os.environ if n in "
+            "{'OPENAI_API_KEY','GITHUB_TOKEN','APP_SECRET','DB_PASSWORD','ALLOWED_TOKEN',"
+            "'HARMLESS_SETTING'})"
+        )
+    assert result.output_text == "['ALLOWED_TOKEN', 'HARMLESS_SETTING']"
+
+
+def test_secret_names_are_recognized():
+    env = {"ANTHROPIC_API_KEY": "a", "HF_TOKEN": "b", "MYSQL_PASSWORD": "c", "AWS_SECRET_ACCESS_KEY":
+           "d", "PATH": "/bin", "HOME": "/root"}
+    assert scrub_environment(env) == {"PATH": "/bin", "HOME": "/root"}
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [("", "ValueError"), ("   \n\t", "ValueError"), (b"print('\xff')", "UnicodeDecodeError"),
+     ("print('\udcff')", "UnicodeEncodeError"), ("def broken(:\n    pass", "SyntaxError")],
+    ids=["empty", "blank", "bad-bytes", "lone-surrogate", "syntax-error"],
+)
+async def test_bad_code_gives_an_error_result(kernel, code, name):
+    result = await kernel.execute(code)
+    assert result.status == "error"
+    assert result.error_name == name
+    assert name in result.output_text
+    assert (await kernel.execute("'fine'")).status == "ok"
+
+
+async def test_files_created_in_the_workspace_are_listed(kernel):
+    result = await kernel.execute(
+        "import os\nos.makedirs('out', exist_ok=True)\n"
+        "open('out/report.txt', 'w').write('hi')\nopen('data.csv', 'w').write('a,b')"
+    )
+    assert result.new_files == ["data.csv", os.path.join("out", "report.txt")]
+    assert (kernel.workspace_path / "data.csv").read_text() == "a,b"
+    again = await kernel.execute("open('data.csv', 'a').write('\\n1,2')")
+    assert again.new_files == ["data.csv"]
+    assert (await kernel.execute("1")).new_files == []
+
+
+async def test_kernel_works_in_the_given_workspace(tmp_path):
+    async with Kernel(workspace=str(tmp_path)) as k:
+        result = await k.execute("import os; os.getcwd()")
+    assert result.output_text == repr(str(tmp_path))
+    assert tmp_path.exists(), "a workspace the user chose is kept"
+
+
+async def test_shutdown_removes_processes_and_files():
+    k = await Kernel().start()
+    pid = k.pid
+    result = await k.execute(
+        "import subprocess\n"
+        "p = subprocess.Popen(['sleep', '300'], start_new_session=True)\np.pid"
+    )
+    child = int(result.output_text)
+    runtime = k.workspace_path.parent
+    assert runtime.exists()
+    await k.shutdown()
+    for _ in range(50):
+        if not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE:
+            break
+        await asyncio.sleep(0.1)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert not runtime.exists()
+
+
+async def test_execute_before_start_is_a_clear_error():
+    with pytest.raises(KernelError, match="not started"):
+        await Kernel().execute("1")
+
+
+def test_blocking_kernel_for_synchronous_code():
+    with BlockingKernel() as k:
+        k.execute("x = 20")
+        assert k.execute("x + 1").output_text == "21"
+
+
+async def test_blocking_kernel_works_while_a_loop_is_running():
+    # As inside Jupyter, where the caller's thread already runs an event loop.
+    k = BlockingKernel().start()
+    try:
+        assert k.execute("'inside'").output_text == "'inside'"
+    finally:
+        k.shutdown()
+
+
+def test_head_tail_keeps_both_ends_and_counts_what_it_dropped():
+    buf = HeadTail(10)
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        buf.append(ch)
+    assert buf.omitted == 16
+    assert str(buf) == "abcde\n[… 16 characters omitted …]\nvwxyz"
+    assert len(buf) == 26

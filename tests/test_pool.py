@@ -1,0 +1,61 @@
+"""KernelPool: warm kernels, never reused, recycled in the background, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kernel_bridge import KernelPool
+
+
+async def test_pool_never_hands_out_a_kernel_that_ran_other_code():
+    async with KernelPool(size=2) as pool:
+        pids = set()
+        async with pool.acquire() as k:
+            await k.execute("secret = 'from the first rollout'")
+            pids.add(k.pid)
+        for _ in range(3):
+            async with pool.acquire() as k:
+                result = await k.execute("secret")
+                assert result.error_name == "NameError"
+                assert k.pid not in pids
+                pids.add(k.pid)
+                await k.execute("secret = 'again'")
+
+
+async def test_released_kernels_are_replaced_in_the_background():
+    async with KernelPool(size=2) as pool:
+        assert pool.warm == 2
+        async with pool.acquire() as k:
+            assert pool.warm == 1
+            await k.execute("1")
+        for _ in range(200):
+            if pool.warm == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.warm == 2
+
+
+async def test_pool_bounds_concurrency():
+    holding = 0
+    most = 0
+
+    async def rollout(pool: KernelPool, i: int) -> str:
+        nonlocal holding, most
+        async with pool.acquire() as k:
+            holding += 1
+            most = max(most, holding)
+            result = await k.execute(f"import time; time.sleep(0.2); {i} * 2")
+            holding -= 1
+            return result.output_text
+
+    async with KernelPool(size=2) as pool:
+        results = await asyncio.gather(*(rollout(pool, i) for i in range(5)))
+    assert results == [str(i * 2) for i in range(5)]
+    assert most == 2
+
+
+def test_pool_size_must_be_positive():
+    with pytest.raises(ValueError, match="at least 1"):
+        KernelPool(size=0)
