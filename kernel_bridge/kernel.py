@@ -1,9 +1,9 @@
 """Real IPython kernels that keep state, survive faults, and come from a warm pool.
 
 ``Kernel`` is the async core: ``await kernel.execute(code)`` returns an ``ExecutionResult``.
-It runs a local kernel through ``jupyter_client`` or, given ``url=``, a kernel on a Jupyter Server or
-Kernel Gateway. ``BlockingKernel`` is the same API for synchronous code; ``KernelPool`` keeps warm,
-never-reused kernels for rollouts.
+It runs a local kernel through ``jupyter_client`` or, given ``url=``, a kernel on a Jupyter
+Server or Kernel Gateway. ``BlockingKernel`` is the same API for synchronous code;
+``KernelPool`` keeps warm, never-reused kernels for rollouts.
 """
 
 from __future__ import annotations
@@ -106,8 +106,14 @@ class _BridgeKernelSpecs(KernelSpecManager):
 class LocalTransport:
     """A kernel process on this machine through ``jupyter_client``."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: str, runtime_dir: str,
-                 startup_timeout: float) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        runtime_dir: str,
+        startup_timeout: float,
+    ) -> None:
         specs = _BridgeKernelSpecs()
         specs.spec = KernelSpec(argv=argv, display_name="kernel-bridge", language="python")
         self.km = AsyncKernelManager(
@@ -142,7 +148,9 @@ class LocalTransport:
         try:
             await self.client.wait_for_ready(timeout=self.startup_timeout)
         except RuntimeError as e:
-            raise KernelError(f"the kernel did not start within {self.startup_timeout} s: {e}") from e
+            raise KernelError(
+                f"the kernel did not start within {self.startup_timeout} s: {e}"
+            ) from e
         self._queue = asyncio.Queue(maxsize=10_000)
         self._pumps = [
             asyncio.create_task(self._pump("iopub", self.client.get_iopub_msg)),
@@ -155,7 +163,9 @@ class LocalTransport:
         await asyncio.gather(*self._pumps, return_exceptions=True)
         self._pumps = []
 
-    async def _pump(self, channel: str, get: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> None:
+    async def _pump(
+        self, channel: str, get: Callable[[], Coroutine[Any, Any, dict[str, Any]]]
+    ) -> None:
         while True:
             msg = await get()
             await self._queue.put((channel, msg))
@@ -164,15 +174,19 @@ class LocalTransport:
         self, code: str, *, silent: bool = False, user_expressions: dict[str, str] | None = None
     ) -> str:
         return self.client.execute(
-            code, silent=silent, store_history=not silent, allow_stdin=False,
-            user_expressions=user_expressions or {}, stop_on_error=False,
+            code,
+            silent=silent,
+            store_history=not silent,
+            allow_stdin=False,
+            user_expressions=user_expressions or {},
+            stop_on_error=False,
         )
 
     async def next_message(self, timeout: float) -> tuple[str, dict[str, Any]]:
-        if timeout <= 0:
-            try:
-                return self._queue.get_nowait()
-            except asyncio.QueueEmpty:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            if timeout <= 0:
                 raise asyncio.TimeoutError from None
         return await asyncio.wait_for(self._queue.get(), timeout)
 
@@ -243,8 +257,10 @@ class Kernel(LoggingConfigurable):
     ).tag(config=True)
     extra_env = Dict(help="Environment variables set in the kernel.").tag(config=True)
     workspace = Unicode(
-        None, allow_none=True,
-        help="Working directory of the kernel; by default a fresh temporary one, removed at shutdown.",
+        None,
+        allow_none=True,
+        help="Working directory of the kernel; by default a fresh temporary one, "
+        "removed at shutdown.",
     ).tag(config=True)
     track_files = Bool(True, help="Report files created or changed in the workspace.").tag(
         config=True
@@ -284,7 +300,9 @@ class Kernel(LoggingConfigurable):
             from kernel_bridge.remote import RemoteTransport
 
             transport: Transport = RemoteTransport(
-                self.url, token=self.token, kernel_name=self.kernel_name,
+                self.url,
+                token=self.token,
+                kernel_name=self.kernel_name,
                 startup_timeout=self.startup_timeout,
             )
         else:
@@ -309,8 +327,12 @@ class Kernel(LoggingConfigurable):
             ws.mkdir()
         self.workspace_path = ws
         argv = [sys.executable, "-m", "kernel_bridge._launcher"]
-        for name, value in (("memory", self.memory_limit), ("cpu-time", self.cpu_time_limit),
-                            ("processes", self.process_limit), ("file-size", self.file_size_limit)):
+        for name, value in (
+            ("memory", self.memory_limit),
+            ("cpu-time", self.cpu_time_limit),
+            ("processes", self.process_limit),
+            ("file-size", self.file_size_limit),
+        ):
             if value:
                 argv += [f"--limit-{name}", str(value)]
         argv += ["-f", "{connection_file}", "--HistoryManager.hist_file=:memory:"]
@@ -366,8 +388,11 @@ class Kernel(LoggingConfigurable):
         text, problem = _check_code(code)
         if problem is not None:
             return ExecutionResult(
-                status="error", output_text=f"{problem[0]}: {problem[1]}", error_name=problem[0],
-                error_value=problem[1], started=started,
+                status="error",
+                output_text=f"{problem[0]}: {problem[1]}",
+                error_name=problem[0],
+                error_value=problem[1],
+                started=started,
             )
         transport = self._require()
         timeout = self.timeout if timeout is None else timeout
@@ -403,16 +428,21 @@ class Kernel(LoggingConfigurable):
             return "died"
         # Timed out: interrupt, give it a grace period, else restart.
         await run.transport.interrupt()
-        state = await run.wait(time.monotonic() + self.interrupt_grace, self.poll_interval,
-                               self.iopub_grace)
+        state = await run.wait(
+            time.monotonic() + self.interrupt_grace, self.poll_interval, self.iopub_grace
+        )
         if state != "done":
             await run.restart()
         return "timeout"
 
     async def _stop(self, run: _Run) -> None:
         await run.transport.interrupt()
-        if await run.wait(time.monotonic() + self.interrupt_grace, self.poll_interval,
-                          self.iopub_grace) != "done":
+        if (
+            await run.wait(
+                time.monotonic() + self.interrupt_grace, self.poll_interval, self.iopub_grace
+            )
+            != "done"
+        ):
             await run.restart()
 
     # -- workspace files ----------------------------------------------------------------------
@@ -462,7 +492,7 @@ class _Run:
         self.msg_id = await self.transport.send_execute(code)
 
     async def wait(self, deadline: float, poll: float, grace: float) -> str:
-        """Collect until done ("done"), the deadline passes ("timeout") or the kernel dies ("died")."""
+        """Collect until "done", past the deadline ("timeout"), or until the kernel "died"."""
         last_activity = time.monotonic()
         while not (self.reply is not None and self.idle):
             now = time.monotonic()
@@ -512,10 +542,18 @@ class _Run:
         if status == "died":
             output_text = _append_note(output_text, f"{ename}: {evalue}")
         return ExecutionResult(
-            status=status, output_text=output_text.rstrip("\n"), outputs=c.outputs,
-            stdout=str(c.stdout), stderr=str(c.stderr), error_name=ename, error_value=evalue,
-            traceback=tb, execution_count=content.get("execution_count", c.execution_count),
-            started=started, duration_s=duration, restarted=self.restarted,
+            status=status,
+            output_text=output_text.rstrip("\n"),
+            outputs=c.outputs,
+            stdout=str(c.stdout),
+            stderr=str(c.stderr),
+            error_name=ename,
+            error_value=evalue,
+            traceback=tb,
+            execution_count=content.get("execution_count", c.execution_count),
+            started=started,
+            duration_s=duration,
+            restarted=self.restarted,
         )
 
 
@@ -529,7 +567,10 @@ def _check_code(code: str | bytes) -> tuple[str, tuple[str, str] | None]:
         try:
             code = code.decode("utf-8")
         except UnicodeDecodeError as e:
-            return "", ("UnicodeDecodeError", f"the code is not valid UTF-8 ({e.reason} at byte {e.start})")
+            return "", (
+                "UnicodeDecodeError",
+                f"the code is not valid UTF-8 ({e.reason} at byte {e.start})",
+            )
     try:
         code.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -555,8 +596,9 @@ class LoopThread:
         import threading
 
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                        name="kernel-bridge-loop")
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, daemon=True, name="kernel-bridge-loop"
+        )
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -585,8 +627,12 @@ class BlockingKernel:
         self._loop.run(self.kernel.start())
         return self
 
-    def execute(self, code: str | bytes, timeout: float | None = None,
-                on_output: Callable[[NotebookNode], None] | None = None) -> ExecutionResult:
+    def execute(
+        self,
+        code: str | bytes,
+        timeout: float | None = None,
+        on_output: Callable[[NotebookNode], None] | None = None,
+    ) -> ExecutionResult:
         return self._loop.run(self.kernel.execute(code, timeout=timeout, on_output=on_output))
 
     def restart(self) -> None:

@@ -123,7 +123,7 @@ class OutputCollector:
     """Accumulates one execution's iopub messages.
 
     Produces nbformat outputs in order (consecutive stream chunks merged, each capped at
-    ``store_cap`` characters), ``stdout``/``stderr`` and the model-facing text capped at ``text_cap``.
+    ``store_cap`` characters), ``stdout``/``stderr``, and the model-facing text (``text_cap``).
     """
 
     def __init__(
@@ -157,8 +157,13 @@ class OutputCollector:
             else:
                 self._clear()
             return
-        if msg_type not in ("stream", "display_data", "execute_result", "error",
-                            "update_display_data"):
+        if msg_type not in (
+            "stream",
+            "display_data",
+            "execute_result",
+            "error",
+            "update_display_data",
+        ):
             return
         if self._clear_pending:
             self._clear()

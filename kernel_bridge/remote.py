@@ -24,8 +24,14 @@ from kernel_bridge.kernel import KernelError
 class RemoteTransport:
     """One kernel started on a remote server; messages travel over its channels websocket."""
 
-    def __init__(self, url: str, *, token: str | None, kernel_name: str = "python3",
-                 startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None,
+        kernel_name: str = "python3",
+        startup_timeout: float = 60.0,
+    ) -> None:
         self.base = url.rstrip("/")
         self.token = token
         self.kernel_name = kernel_name
@@ -45,7 +51,9 @@ class RemoteTransport:
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         request = HTTPRequest(
-            f"{self.base}{path}", method=method, headers=self._headers(),
+            f"{self.base}{path}",
+            method=method,
+            headers=self._headers(),
             body=json.dumps(body) if body is not None else (b"" if method == "POST" else None),
             request_timeout=self.startup_timeout,
         )
@@ -90,7 +98,8 @@ class RemoteTransport:
                 continue  # binary frames carry buffers we do not use
             msg = json.loads(raw)
             if msg.get("msg_type") == "status" and msg["content"].get("execution_state") in (
-                "dead", "restarting",
+                "dead",
+                "restarting",
             ):
                 self._died = True
             msg.setdefault("header", {}).setdefault("msg_type", msg.get("msg_type"))
@@ -122,17 +131,23 @@ class RemoteTransport:
     async def send_execute(
         self, code: str, *, silent: bool = False, user_expressions: dict[str, str] | None = None
     ) -> str:
-        return await self._send("execute_request", {
-            "code": code, "silent": silent, "store_history": not silent,
-            "user_expressions": user_expressions or {}, "allow_stdin": False,
-            "stop_on_error": False,
-        })
+        return await self._send(
+            "execute_request",
+            {
+                "code": code,
+                "silent": silent,
+                "store_history": not silent,
+                "user_expressions": user_expressions or {},
+                "allow_stdin": False,
+                "stop_on_error": False,
+            },
+        )
 
     async def next_message(self, timeout: float) -> tuple[str, dict[str, Any]]:
-        if timeout <= 0:
-            try:
-                return self._queue.get_nowait()
-            except asyncio.QueueEmpty:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            if timeout <= 0:
                 raise asyncio.TimeoutError from None
         return await asyncio.wait_for(self._queue.get(), timeout)
 

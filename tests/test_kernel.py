@@ -38,14 +38,25 @@ async def test_outputs_are_notebook_outputs_in_order(kernel):
     result = await kernel.execute(code)
     assert result.status == "ok"
     kinds = [(o.output_type, o.get("name")) for o in result.outputs]
-    assert kinds == [("stream", "stdout"), ("stream", "stderr"), ("display_data", None),
-                     ("stream", "stdout"), ("execute_result", None)]
+    assert kinds == [
+        ("stream", "stdout"),
+        ("stream", "stderr"),
+        ("display_data", None),
+        ("stream", "stdout"),
+        ("execute_result", None),
+    ]
     assert result.stdout == "one\nthree\n"
     assert result.stderr == "two\n"
-    assert result.output_text.splitlines() == ["one", "two", "<IPython.core.display.HTML object>",
-                                               "three", "42"]
-    cell = nbformat.v4.new_code_cell(code, outputs=result.outputs,
-                                     execution_count=result.execution_count)
+    assert result.output_text.splitlines() == [
+        "one",
+        "two",
+        "<IPython.core.display.HTML object>",
+        "three",
+        "42",
+    ]
+    cell = nbformat.v4.new_code_cell(
+        code, outputs=result.outputs, execution_count=result.execution_count
+    )
     nbformat.validate(nbformat.v4.new_notebook(cells=[cell]))
 
 
@@ -97,8 +108,11 @@ async def test_loop_ignoring_sigint_gets_kernel_restarted(kernel):
     assert (await kernel.execute("'usable'")).output_text == "'usable'"
 
 
-@pytest.mark.parametrize("code", ["import os; os._exit(1)", "import ctypes; ctypes.string_at(0)"],
-                         ids=["os_exit", "segfault"])
+@pytest.mark.parametrize(
+    "code",
+    ["import os; os._exit(1)", "import ctypes; ctypes.string_at(0)"],
+    ids=["os_exit", "segfault"],
+)
 async def test_kernel_death_is_detected_quickly_and_restarted(kernel, code):
     t0 = time.monotonic()
     result = await kernel.execute(code, timeout=20)
@@ -181,15 +195,26 @@ async def test_secrets_are_not_inherited(monkeypatch):
 
 
 def test_secret_names_are_recognized():
-    env = {"ANTHROPIC_API_KEY": "a", "HF_TOKEN": "b", "MYSQL_PASSWORD": "c", "AWS_SECRET_ACCESS_KEY":
-           "d", "PATH": "/bin", "HOME": "/root"}
+    env = {
+        "ANTHROPIC_API_KEY": "a",
+        "HF_TOKEN": "b",
+        "MYSQL_PASSWORD": "c",
+        "AWS_SECRET_ACCESS_KEY": "d",
+        "PATH": "/bin",
+        "HOME": "/root",
+    }
     assert scrub_environment(env) == {"PATH": "/bin", "HOME": "/root"}
 
 
 @pytest.mark.parametrize(
     ("code", "name"),
-    [("", "ValueError"), ("   \n\t", "ValueError"), (b"print('\xff')", "UnicodeDecodeError"),
-     ("print('\udcff')", "UnicodeEncodeError"), ("def broken(:\n    pass", "SyntaxError")],
+    [
+        ("", "ValueError"),
+        ("   \n\t", "ValueError"),
+        (b"print('\xff')", "UnicodeDecodeError"),
+        ("print('\udcff')", "UnicodeEncodeError"),
+        ("def broken(:\n    pass", "SyntaxError"),
+    ],
     ids=["empty", "blank", "bad-bytes", "lone-surrogate", "syntax-error"],
 )
 async def test_bad_code_gives_an_error_result(kernel, code, name):
@@ -223,8 +248,7 @@ async def test_shutdown_removes_processes_and_files():
     k = await Kernel().start()
     pid = k.pid
     result = await k.execute(
-        "import subprocess\n"
-        "p = subprocess.Popen(['sleep', '300'], start_new_session=True)\np.pid"
+        "import subprocess\np = subprocess.Popen(['sleep', '300'], start_new_session=True)\np.pid"
     )
     child = int(result.output_text)
     runtime = k.workspace_path.parent

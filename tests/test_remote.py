@@ -24,9 +24,16 @@ def _free_port() -> int:
 def gateway_url():
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
-         f"--KernelGatewayApp.port={port}", f"--KernelGatewayApp.auth_token={TOKEN}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "kernel_gateway",
+            "--KernelGatewayApp.ip=127.0.0.1",
+            f"--KernelGatewayApp.port={port}",
+            f"--KernelGatewayApp.auth_token={TOKEN}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         for _ in range(300):
@@ -76,7 +83,7 @@ async def test_remote_kernel_death_is_reported_and_recovered(gateway_url):
 
 
 async def test_wrong_token_is_a_clear_error(gateway_url):
-    with pytest.raises(KernelError, match="HTTP 401.*token"):
+    with pytest.raises(KernelError, match=r"HTTP 401.*token"):
         await Kernel(url=gateway_url, token="wrong").start()
 
 

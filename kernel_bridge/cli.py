@@ -1,0 +1,183 @@
+"""The ``kernel-bridge`` command: reason in the terminal, inspect traces, export them.
+
+Every failure a user can cause (a bad option, an unknown model, a missing file) ends in one line
+on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from kernel_bridge import __version__
+
+DEFAULT_MODEL = "local"
+
+
+def default_trace_path() -> Path:
+    """Where traces go unless ``--trace`` says otherwise: ``$KERNEL_BRIDGE_HOME/traces.jsonl``."""
+    home = os.environ.get("KERNEL_BRIDGE_HOME") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "kernel-bridge"
+    )
+    return Path(home) / "traces.jsonl"
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kernel-bridge", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"kernel-bridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    reason = sub.add_parser("reason", help="think about a question with a live Python kernel")
+    reason.add_argument("question", help="the question, in quotes")
+    reason.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help=f"model string (default: $KERNEL_BRIDGE_MODEL or {DEFAULT_MODEL!r}); "
+        "'scripted:PATH' replays a script",
+    )
+    reason.add_argument("--profile", default="markdown", help="code-block format of the model")
+    reason.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        help=f"JSONL file the trace is appended to (default: {default_trace_path()})",
+    )
+    reason.add_argument("--max-steps", type=int, default=20, help="most code blocks to run")
+    reason.add_argument("--max-tokens", type=int, default=8192, help="most model tokens")
+    reason.add_argument("--timeout", type=float, default=30.0, help="seconds per code block")
+    reason.add_argument("--time-limit", type=float, default=600.0, help="seconds for the whole run")
+    reason.add_argument("--no-color", action="store_true", help="plain text output")
+
+    traces = sub.add_parser("traces", help="look at saved traces")
+    traces_sub = traces.add_subparsers(dest="traces_command", required=True, parser_class=_Parser)
+    show = traces_sub.add_parser("show", help="print the traces of a JSONL file")
+    show.add_argument("file", type=Path)
+    show.add_argument("--id", default=None, help="only this trace")
+    show.add_argument("--no-color", action="store_true")
+
+    export = sub.add_parser("export", help="turn a trace into a notebook")
+    export.add_argument("file", type=Path, help="JSONL trace file")
+    export.add_argument("--to", type=Path, required=True, dest="out", help="notebook to write")
+    export.add_argument("--id", default=None, help="which trace (default: the last one)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kernel-bridge`` command; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "reason":
+            return _reason(args)
+        if args.command == "traces":
+            return _traces_show(args)
+        return _export(args)
+    except UsageError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as e:  # config, files, kernels: one readable line
+        return _fail(str(e))
+
+
+def _fail(message: str) -> int:
+    print(f"kernel-bridge: error: {message}", file=sys.stderr)
+    return 2
+
+
+# -- reason -----------------------------------------------------------------------------------
+
+
+def _reason(args: argparse.Namespace) -> int:
+    from kernel_bridge.reasoner import Limits, Reasoner
+    from kernel_bridge.render import TerminalRenderer
+    from kernel_bridge.samplers import make_sampler
+
+    try:
+        limits = Limits(
+            max_steps=args.max_steps,
+            max_tokens=args.max_tokens,
+            step_timeout=args.timeout,
+            time_limit=args.time_limit,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    model = args.model or os.environ.get("KERNEL_BRIDGE_MODEL") or DEFAULT_MODEL
+    sampler = make_sampler(model)
+    trace_path = args.trace or default_trace_path()
+    trace_path.parent.mkdir(parents=True, exist_ok=True)
+    renderer = TerminalRenderer(color=not args.no_color)
+    reasoner = Reasoner(sampler, profile=args.profile, limits=limits, store=trace_path)
+
+    async def go() -> Any:
+        try:
+            async for event in reasoner.stream(args.question):
+                renderer.handle(event)
+        finally:
+            renderer.close()
+            await reasoner.close()
+        return reasoner.trace
+
+    try:
+        trace = asyncio.run(go())
+    except KeyboardInterrupt:
+        renderer.note(f"interrupted; trace saved to {trace_path}")
+        return 130
+    renderer.note(f"trace {trace.id} saved to {trace_path}")
+    return 0 if trace.finish_reason == "answer" else 1
+
+
+# -- traces show / export ---------------------------------------------------------------------
+
+
+def _load(path: Path, trace_id: str | None) -> list[Any]:
+    from kernel_bridge.trace import load_traces
+
+    if not path.exists():
+        raise UsageError(f"no trace file at {path}")
+    traces = load_traces(path)
+    if trace_id is not None:
+        traces = [t for t in traces if t.id == trace_id]
+        if not traces:
+            raise UsageError(f"no trace with id {trace_id!r} in {path}")
+    if not traces:
+        raise UsageError(f"{path} holds no traces")
+    return traces
+
+
+def _traces_show(args: argparse.Namespace) -> int:
+    from kernel_bridge.render import TerminalRenderer
+
+    renderer = TerminalRenderer(color=not args.no_color)
+    for trace in _load(args.file, args.id):
+        renderer.show_trace(trace)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import nbformat
+
+    trace = _load(args.file, args.id)[-1]
+    nb = trace.to_notebook()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(args.out))
+    print(f"wrote {args.out} ({len(nb.cells)} cells) from trace {trace.id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

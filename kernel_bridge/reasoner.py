@@ -1,0 +1,487 @@
+"""The reasoning loop: sample → complete block → execute → splice the real output → resume.
+
+``Reasoner.stream()`` yields every event (the parser's and its own) as it happens, for front ends;
+``Reasoner.run()`` returns the finished ``Trace``. Whatever ends a run (an answer, a limit, an
+error, a cancel), the trace is completed with its ``finish_reason`` and saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from nbformat import NotebookNode
+
+from kernel_bridge.kernel import ExecutionResult, Kernel
+from kernel_bridge.parsing import (
+    CodeDelta,
+    CodeEnd,
+    CodeStart,
+    Event,
+    Markup,
+    OutputStart,
+    Profile,
+    StreamParser,
+    TextDelta,
+    get_profile,
+)
+from kernel_bridge.samplers import Delta, Sampler, SampleRequest
+from kernel_bridge.trace import Segment, Span, Step, Trace, TraceStore
+
+NO_OUTPUT = "[no output]"
+NO_CODE_RAN = "[no code ran: output appears only after a ```python block]"
+
+
+@dataclass
+class Limits:
+    """When a run stops even without an answer; each limit has its own finish_reason."""
+
+    max_steps: int = 20
+    max_tokens: int = 8192
+    step_timeout: float = 30.0
+    time_limit: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "max_tokens", "step_timeout", "time_limit"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Limits.{name} must be positive, got {getattr(self, name)!r}")
+
+
+# -- events the Reasoner adds to the parser's ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    trace: Trace
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    index: int
+    code: str
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One output of a running step (an nbformat output), as soon as the kernel sends it."""
+
+    index: int
+    output: NotebookNode
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    """A step is done; ``text`` is exactly what was spliced into the assistant turn."""
+
+    step: Step
+    text: str
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    trace: Trace
+
+
+ReasonerEvent = Event | RunStarted | StepStarted | StepOutput | StepFinished | RunFinished
+
+
+def default_system_prompt(profile: Profile) -> str:
+    """Tells the model the protocol of ``profile``: how to run code and where answers go."""
+    if profile.code == "tag":
+        how = f"write {profile.code_tags[0]}your code{profile.code_tags[1]}"
+    else:
+        how = "write a ```python block (close it with ``` on its own line)"
+    answer = (
+        f" Put the final answer in {profile.answer_tags[0]}…{profile.answer_tags[1]}."
+        if profile.answer_tags
+        else ""
+    )
+    return (
+        "You are a careful problem solver with a live Python kernel. While you think, "
+        f"{how} whenever a computation helps; it runs at once, variables persist between blocks, "
+        f"and the real output appears after it in a {profile.output_tags[0]} block. Never write "
+        f"an output block yourself. Read the output, then continue.{answer}"
+    )
+
+
+class Reasoner:
+    """Runs a sampler's thinking with a live kernel.
+
+    ``kernel`` defaults to a fresh local ``Kernel`` started on first use and shut down by
+    ``close()``; a kernel passed in is left running (its state is the caller's).
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        kernel: Kernel | None = None,
+        *,
+        profile: Profile | str = "markdown",
+        limits: Limits | None = None,
+        system_prompt: str | None = None,
+        store: TraceStore | str | os.PathLike[str] | None = None,
+        start_section: str | None = None,
+    ) -> None:
+        self.sampler = sampler
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.limits = limits or Limits()
+        self.system_prompt = (
+            default_system_prompt(self.profile) if system_prompt is None else system_prompt
+        )
+        self.store = TraceStore(store) if isinstance(store, (str, os.PathLike)) else store
+        self.start_section = start_section
+        self._kernel = kernel
+        self._owns_kernel = kernel is None
+        self.trace: Trace | None = None
+
+    async def kernel(self) -> Kernel:
+        if self._kernel is None:
+            self._kernel = Kernel(timeout=self.limits.step_timeout)
+        if not self._kernel.started:
+            await self._kernel.start()
+        return self._kernel
+
+    async def close(self) -> None:
+        if self._owns_kernel and self._kernel is not None:
+            await self._kernel.shutdown()
+            self._kernel = None
+
+    async def __aenter__(self) -> Reasoner:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def messages_for(self, question: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if isinstance(question, str):
+            messages = [{"role": "user", "content": question}]
+        else:
+            messages = [dict(m) for m in question]
+        if self.system_prompt and not any(m.get("role") == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return messages
+
+    async def run(self, question: str | list[dict[str, Any]]) -> Trace:
+        """Run to the end and return the trace (also in ``self.trace`` if cancelled)."""
+        async for event in self.stream(question):
+            if isinstance(event, RunFinished):
+                return event.trace
+        raise AssertionError("stream() ended without RunFinished")  # pragma: no cover
+
+    async def stream(self, question: str | list[dict[str, Any]]) -> AsyncIterator[ReasonerEvent]:
+        """Yield every event of one run; the last one is ``RunFinished`` with the saved trace."""
+        run = _Run(self, self.messages_for(question))
+        self.trace = run.trace
+        yield RunStarted(run.trace)
+        try:
+            async for event in run.events():
+                yield event
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            run.finish("interrupted")
+            raise
+        except Exception as e:  # the sampler or the kernel failed: keep the trace
+            run.finish("error", error=f"{type(e).__name__}: {e}")
+        finally:
+            run.finish("interrupted")  # a no-op when the run has already finished
+            run.save()
+        yield RunFinished(run.trace)
+
+
+class _Run:
+    """The state of one run: the trace being built, the parser, the current model segment."""
+
+    def __init__(self, reasoner: Reasoner, messages: list[dict[str, Any]]) -> None:
+        self.r = reasoner
+        self.limits = reasoner.limits
+        sampler = reasoner.sampler
+        self.trace = Trace(
+            model=getattr(sampler, "name", type(sampler).__name__),
+            sampler={"name": type(sampler).__name__, "params": sampler.params()},
+            messages=messages,
+            profile=reasoner.profile.name,
+        )
+        self.parser = StreamParser(reasoner.profile, start_section=reasoner.start_section)  # type: ignore[arg-type]
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + self.limits.time_limit
+        self.segment = _SegmentBuilder()
+        self.answer_parts: list[str] = []
+        self.tail_text: list[str] = []
+        self.finished = False
+        self.sample_time = 0.0
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[ReasonerEvent]:
+        kernel = await self.r.kernel()
+        while True:
+            if time.monotonic() >= self.deadline:
+                self.finish("time_limit")
+                return
+            pause: Event | None = None
+            finish_reason: str | None = None
+            async for item in self._sample():
+                if isinstance(item, str):
+                    finish_reason = item
+                    break
+                yield item
+                if isinstance(item, (CodeEnd, OutputStart)) and self.parser.paused:
+                    pause = item
+            if pause is None:
+                if finish_reason == "time_limit":
+                    self.finish("time_limit")
+                    return
+                for event in self.parser.finish():
+                    self._record(event)
+                    yield event
+                self._close_model_segment()
+                self.finish("max_tokens" if finish_reason == "length" else "answer")
+                return
+            if isinstance(pause, OutputStart):
+                self._close_model_segment()
+                self._add_tool_segment(self.r.profile.format_output(NO_CODE_RAN))
+            else:
+                assert isinstance(pause, CodeEnd)
+                if len(self.trace.steps) >= self.limits.max_steps:
+                    self.finish("max_steps")
+                    return
+                self.segment.link_step(len(self.trace.steps))
+                self._close_model_segment()
+                async for event in self._execute(kernel, pause.code):
+                    yield event
+            self.parser.resume()
+
+    async def _sample(self) -> AsyncIterator[Event | str]:
+        """Stream one sampler call through the parser; a str item says why sampling ended."""
+        remaining = self.limits.max_tokens - self.trace.usage.model_tokens
+        if remaining <= 0:
+            yield "length"
+            return
+        request = SampleRequest(
+            messages=self.trace.messages,
+            segments=[*self.trace.segments],
+            stop=self.r.profile.stop,
+            max_tokens=remaining,
+        )
+        stream = self.r.sampler.stream(request)
+        t = time.monotonic()
+        try:
+            while True:
+                try:
+                    delta = await asyncio.wait_for(
+                        anext(stream),
+                        max(self.deadline - time.monotonic(), 0.001),  # type: ignore[arg-type]
+                    )
+                except StopAsyncIteration:
+                    yield "stop"
+                    return
+                except asyncio.TimeoutError:
+                    yield "time_limit"
+                    return
+                for event in self._take(delta):
+                    yield event
+                if self.parser.paused:
+                    return
+                if delta.finish_reason is not None:
+                    yield delta.finish_reason
+                    return
+        finally:
+            self.sample_time += time.monotonic() - t
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+
+    def _take(self, delta: Delta) -> list[Event]:
+        """Feed one delta to the parser and record what it accepted into the model segment."""
+        events = self.parser.feed(delta.text)
+        accepted = sum(len(e.raw) for e in events if not isinstance(e, OutputStart))
+        if accepted == len(delta.text):
+            self.segment.add_tokens(delta)
+        else:
+            # A delta cut at a pause: its ids cover text that was dropped, so they cannot be kept.
+            self.segment.drop_tokens()
+        self.trace.usage.model_tokens += self._count_tokens(delta, accepted)
+        for event in events:
+            self._record(event)
+        return events
+
+    def _count_tokens(self, delta: Delta, accepted: int) -> int:
+        if delta.token_ids is not None:
+            return len(delta.token_ids)
+        counter = getattr(self.r.sampler, "count_tokens", None)
+        text = delta.text[:accepted]
+        return counter(text) if counter else max(1, len(text) // 4) if text else 0
+
+    def _record(self, event: Event) -> None:
+        """Keep the accepted text, its spans, and what belongs to the answer."""
+        if isinstance(event, OutputStart):
+            return  # cut: the marker and what follows are replaced
+        if isinstance(event, TextDelta):
+            self.segment.add(event.section, event.raw)
+            if event.section == "answer":
+                self.answer_parts.append(event.raw)
+            elif event.section == "text":
+                self.tail_text.append(event.raw)
+            return
+        if isinstance(event, CodeDelta):
+            self.segment.add("code", event.raw)
+            return
+        if isinstance(event, CodeEnd):
+            self.segment.end_code()
+        self.segment.add("markup", event.raw)
+        if isinstance(event, (CodeStart, CodeEnd)) or (
+            isinstance(event, Markup) and event.what == "think_close"
+        ):
+            self.tail_text.clear()
+
+    async def _execute(self, kernel: Kernel, code: str) -> AsyncIterator[ReasonerEvent]:
+        index = len(self.trace.steps)
+        yield StepStarted(index, code)
+        queue: asyncio.Queue[NotebookNode] = asyncio.Queue()
+        timeout = min(self.limits.step_timeout, max(self.deadline - time.monotonic(), 0.5))
+        task = asyncio.create_task(
+            kernel.execute(code, timeout=timeout, on_output=queue.put_nowait)
+        )
+        try:
+            while not task.done() or not queue.empty():
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield StepOutput(index, getter.result())
+                else:
+                    getter.cancel()
+            result: ExecutionResult = task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        step = Step(
+            index=index,
+            code=code,
+            status=result.status,
+            output_text=result.output_text,
+            outputs=[dict(o) for o in result.outputs],
+            execution_count=result.execution_count,
+            started=result.started,
+            duration_s=result.duration_s,
+            new_files=result.new_files,
+            restarted=result.restarted,
+        )
+        self.trace.steps.append(step)
+        text = self.r.profile.format_output(result.output_text or NO_OUTPUT)
+        self._add_tool_segment(text)
+        self.save(checkpoint=True)
+        yield StepFinished(step, text)
+
+    # -- segments -----------------------------------------------------------------------------
+
+    def _close_model_segment(self) -> None:
+        if self.segment.empty:
+            return
+        self.trace.segments.append(self.segment.build())
+        self.segment = _SegmentBuilder()
+
+    def _add_tool_segment(self, text: str) -> None:
+        encode = getattr(self.r.sampler, "encode", None)
+        ids = encode(text) if encode else None
+        self.trace.segments.append(Segment(kind="tool", text=text, token_ids=ids))
+        self.trace.usage.tool_tokens += len(ids) if ids is not None else max(1, len(text) // 4)
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._close_model_segment()
+        trace = self.trace
+        trace.finish_reason = reason  # type: ignore[assignment]
+        trace.error = error
+        answer = "".join(self.answer_parts).strip() or "".join(self.tail_text).strip()
+        trace.answer = answer or None
+        trace.timings = {
+            "total_s": time.monotonic() - self.t0,
+            "sampling_s": self.sample_time,
+            "kernel_s": sum(s.duration_s for s in trace.steps),
+        }
+
+    def save(self, checkpoint: bool = False) -> None:
+        store = self.r.store
+        if store is None:
+            return
+        if checkpoint:
+            store.checkpoint(self.trace)
+        else:
+            store.append(self.trace)
+
+
+class _SegmentBuilder:
+    """Accumulates the model text of one segment with its spans and token ids."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.spans: list[Span] = []
+        self.length = 0
+        self.token_ids: list[int] | None = []
+        self.logprobs: list[float] | None = []
+        self.last_code_span: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.length == 0
+
+    def add(self, kind: str, raw: str) -> None:
+        if not raw:
+            return
+        end = self.length + len(raw)
+        last = self.spans[-1] if self.spans else None
+        if last is not None and last.kind == kind and kind != "markup":
+            self.spans[-1] = Span(kind, last.start, end)  # type: ignore[arg-type]
+        else:
+            self.spans.append(Span(kind, self.length, end))  # type: ignore[arg-type]
+        self.parts.append(raw)
+        self.length = end
+
+    def end_code(self) -> None:
+        """A block closes: remember its code span (none for an empty block) to link a step to."""
+        has_code = bool(self.spans) and self.spans[-1].kind == "code"
+        self.last_code_span = len(self.spans) - 1 if has_code else None
+
+    def link_step(self, index: int) -> None:
+        """The block that just closed runs as step ``index``."""
+        if self.last_code_span is not None:
+            span = self.spans[self.last_code_span]
+            self.spans[self.last_code_span] = Span("code", span.start, span.end, step=index)
+
+    def add_tokens(self, delta: Delta) -> None:
+        if delta.token_ids is None:
+            if delta.text:
+                self.drop_tokens()
+            return
+        if self.token_ids is not None:
+            self.token_ids.extend(delta.token_ids)
+        if self.logprobs is not None:
+            if delta.logprobs is not None and len(delta.logprobs) == len(delta.token_ids):
+                self.logprobs.extend(delta.logprobs)
+            else:
+                self.logprobs = None
+
+    def drop_tokens(self) -> None:
+        """The ids would no longer match the text; the training view then encodes the text."""
+        self.token_ids = None
+        self.logprobs = None
+
+    def build(self) -> Segment:
+        ids = self.token_ids or None
+        logprobs = self.logprobs if ids is not None and self.logprobs else None
+        return Segment(
+            kind="model",
+            text="".join(self.parts),
+            token_ids=ids,
+            logprobs=logprobs,
+            spans=list(self.spans),
+        )

@@ -1,0 +1,150 @@
+"""Terminal rendering of Reasoner events (live) and of saved traces, with rich.
+
+Thinking is dim, code is highlighted as a block once it is complete (streamed plainly before),
+outputs follow their block, a spinner runs while the kernel works, the answer ends the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.status import Status
+from rich.syntax import Syntax
+from rich.text import Text
+
+from kernel_bridge.outputs import describe_data, short_traceback
+from kernel_bridge.parsing import CodeDelta, CodeEnd, CodeStart, TextDelta
+from kernel_bridge.reasoner import RunFinished, RunStarted, StepFinished, StepOutput, StepStarted
+from kernel_bridge.trace import Trace
+
+_SECTION_STYLE = {"think": "dim italic", "text": "", "answer": "bold"}
+_STATUS_STYLE = {"ok": "green", "error": "red", "timeout": "yellow", "died": "red bold"}
+
+
+class TerminalRenderer:
+    """Prints one run's events as they arrive."""
+
+    def __init__(self, color: bool = True, console: Console | None = None) -> None:
+        self.console = console or Console(
+            highlight=False,
+            no_color=not color,
+            force_terminal=None if color else False,
+            stderr=False,
+        )
+        self._status: Status | None = None
+        self._at_line_start = True
+
+    def _write(self, text: str, style: str = "") -> None:
+        if text:
+            self.console.print(Text(text, style=style), end="")
+            self._at_line_start = text.endswith("\n")
+
+    def _newline(self) -> None:
+        if not self._at_line_start:
+            self.console.print()
+            self._at_line_start = True
+
+    def handle(self, event: Any) -> None:
+        if isinstance(event, RunStarted):
+            self.console.rule(Text(event.trace.question or "", style="bold"), align="left")
+        elif isinstance(event, TextDelta):
+            self._write(event.raw, _SECTION_STYLE[event.section])
+        elif isinstance(event, CodeStart):
+            self._newline()
+            self._write(event.raw, "cyan dim")
+        elif isinstance(event, CodeDelta):
+            self._write(event.raw, "cyan")
+        elif isinstance(event, CodeEnd):
+            self._write(event.raw, "cyan dim")
+            self._newline()
+        elif isinstance(event, StepStarted):
+            self._status = self.console.status(f"running block {event.index + 1}…", spinner="dots")
+            self._status.start()
+        elif isinstance(event, StepOutput):
+            self._write_output(event.output)
+        elif isinstance(event, StepFinished):
+            self._stop_spinner()
+            self._newline()
+            step = event.step
+            style = _STATUS_STYLE.get(step.status, "")
+            if not step.outputs and step.status == "ok":
+                self._write("[no output]\n", "dim")
+            if step.status in ("timeout", "died"):  # the kernel's note: interrupted, restarted
+                self._write(step.output_text.rsplit("\n", 1)[-1] + "\n", style)
+            self._write(f"⟵ {step.status} in {step.duration_s:.2f} s", style + " dim")
+            if step.new_files:
+                self._write(f" · new files: {', '.join(step.new_files)}", "dim")
+            self._write("\n")
+        elif isinstance(event, RunFinished):
+            self._stop_spinner()
+            self._newline()
+            self._finish(event.trace)
+
+    def _write_output(self, output: Any) -> None:
+        kind = output.get("output_type")
+        if kind == "stream":
+            self._write(output.get("text", ""), "red" if output.get("name") == "stderr" else "")
+        elif kind == "error":
+            self._newline()
+            self._write(short_traceback(output.get("traceback", [])) + "\n", "red")
+        else:
+            self._newline()
+            self._write(describe_data(output.get("data", {})) + "\n")
+
+    def _stop_spinner(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def _finish(self, trace: Trace) -> None:
+        if trace.answer:
+            self.console.print(
+                Panel(
+                    Markdown(trace.answer), title="answer", title_align="left", border_style="green"
+                )
+            )
+        detail = f"{trace.finish_reason}"
+        if trace.error:
+            detail += f": {trace.error}"
+        steps = len(trace.steps)
+        self.note(
+            f"{detail} · {steps} block{'s' * (steps != 1)} · "
+            f"{trace.usage.model_tokens} model tokens · {trace.timings.get('total_s', 0):.1f} s"
+        )
+
+    def note(self, text: str) -> None:
+        self._newline()
+        self.console.print(Text(text, style="dim"))
+
+    def close(self) -> None:
+        self._stop_spinner()
+
+    def show_trace(self, trace: Trace) -> None:
+        """Print a saved trace: its thinking, code, outputs and answer, from its spans."""
+        self.console.rule(Text(f"{trace.id} · {trace.model} · {trace.created}", style="dim"))
+        if trace.question:
+            self.console.print(Text(trace.question, style="bold"))
+        for segment in trace.segments:
+            if segment.kind == "tool" or not segment.spans:
+                if segment.kind == "model":
+                    self._write(segment.text)
+                continue
+            for span in segment.spans:
+                text = segment.text[span.start : span.end]
+                if span.kind == "code":
+                    self._newline()
+                    self.console.print(Syntax(text.rstrip("\n"), "python", theme="ansi_dark"))
+                    self._at_line_start = True
+                    if span.step is not None and span.step < len(trace.steps):
+                        step = trace.steps[span.step]
+                        self._write(
+                            (step.output_text or "[no output]") + "\n",
+                            _STATUS_STYLE.get(step.status, "") if step.status != "ok" else "",
+                        )
+                elif span.kind != "markup":
+                    self._write(text, _SECTION_STYLE.get(span.kind, ""))
+        self._newline()
+        self._finish(trace)
