@@ -317,7 +317,7 @@ class Kernel(LoggingConfigurable):
         return self
 
     def _local_transport(self) -> LocalTransport:
-        runtime = tempfile.mkdtemp(prefix="kernel-bridge-")
+        runtime = tempfile.mkdtemp(prefix=f"kernel-bridge-{os.getpid()}-")
         self._tmpdirs.append(runtime)
         if self.workspace:
             ws = Path(self.workspace).resolve()

@@ -211,8 +211,10 @@ class _Run:
         self.segment = _SegmentBuilder()
         self.answer_parts: list[str] = []
         self.tail_text: list[str] = []
+        self.code_in_answer = False
         self.finished = False
         self.sample_time = 0.0
+        self.sample_end = "stop"  # why the last sampler call ended: stop, length or time_limit
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -223,23 +225,19 @@ class _Run:
                 self.finish("time_limit")
                 return
             pause: Event | None = None
-            finish_reason: str | None = None
-            async for item in self._sample():
-                if isinstance(item, str):
-                    finish_reason = item
-                    break
-                yield item
-                if isinstance(item, (CodeEnd, OutputStart)) and self.parser.paused:
-                    pause = item
+            async for event in self._sample():
+                yield event
+                if isinstance(event, (CodeEnd, OutputStart)) and self.parser.paused:
+                    pause = event
             if pause is None:
-                if finish_reason == "time_limit":
+                if self.sample_end == "time_limit":
                     self.finish("time_limit")
                     return
                 for event in self.parser.finish():
                     self._record(event)
                     yield event
                 self._close_model_segment()
-                self.finish("max_tokens" if finish_reason == "length" else "answer")
+                self.finish("max_tokens" if self.sample_end == "length" else "answer")
                 return
             if isinstance(pause, OutputStart):
                 self._close_model_segment()
@@ -255,11 +253,12 @@ class _Run:
                     yield event
             self.parser.resume()
 
-    async def _sample(self) -> AsyncIterator[Event | str]:
-        """Stream one sampler call through the parser; a str item says why sampling ended."""
+    async def _sample(self) -> AsyncIterator[Event]:
+        """Stream one sampler call through the parser; ``sample_end`` says why it ended."""
+        self.sample_end = "stop"
         remaining = self.limits.max_tokens - self.trace.usage.model_tokens
         if remaining <= 0:
-            yield "length"
+            self.sample_end = "length"
             return
         request = SampleRequest(
             messages=self.trace.messages,
@@ -277,17 +276,16 @@ class _Run:
                         max(self.deadline - time.monotonic(), 0.001),  # type: ignore[arg-type]
                     )
                 except StopAsyncIteration:
-                    yield "stop"
                     return
                 except asyncio.TimeoutError:
-                    yield "time_limit"
+                    self.sample_end = "time_limit"
                     return
                 for event in self._take(delta):
                     yield event
                 if self.parser.paused:
                     return
                 if delta.finish_reason is not None:
-                    yield delta.finish_reason
+                    self.sample_end = delta.finish_reason
                     return
         finally:
             self.sample_time += time.monotonic() - t
@@ -297,13 +295,15 @@ class _Run:
     def _take(self, delta: Delta) -> list[Event]:
         """Feed one delta to the parser and record what it accepted into the model segment."""
         events = self.parser.feed(delta.text)
-        accepted = sum(len(e.raw) for e in events if not isinstance(e, OutputStart))
-        if accepted == len(delta.text):
-            self.segment.add_tokens(delta)
-        else:
+        cut = len(self.parser.dropped) if self.parser.paused else 0
+        if any(isinstance(e, OutputStart) for e in events):
+            cut = len(delta.text)  # the marker is cut too; so are its (partial) tokens
+        if cut:
             # A delta cut at a pause: its ids cover text that was dropped, so they cannot be kept.
             self.segment.drop_tokens()
-        self.trace.usage.model_tokens += self._count_tokens(delta, accepted)
+        else:
+            self.segment.add_tokens(delta)
+        self.trace.usage.model_tokens += self._count_tokens(delta, len(delta.text) - cut)
         for event in events:
             self._record(event)
         return events
@@ -326,6 +326,10 @@ class _Run:
             elif event.section == "text":
                 self.tail_text.append(event.raw)
             return
+        if isinstance(event, CodeStart):
+            self.code_in_answer = event.section == "answer"
+        if self.code_in_answer and isinstance(event, (CodeStart, CodeDelta, CodeEnd)):
+            self.answer_parts.append(event.raw)  # a block in the answer is part of the answer
         if isinstance(event, CodeDelta):
             self.segment.add("code", event.raw)
             return

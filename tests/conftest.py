@@ -24,7 +24,7 @@ def _kernel_processes() -> list[psutil.Process]:
 
 
 def _runtime_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "kernel-bridge-*")))
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), f"kernel-bridge-{os.getpid()}-*")))
 
 
 @pytest.fixture(scope="session", autouse=True)

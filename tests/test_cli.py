@@ -1,0 +1,111 @@
+"""The kernel-bridge command, run as a user runs it: a subprocess with a real kernel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+from kernel_bridge.trace import load_traces
+
+SCRIPT = Path(__file__).parent / "scripts" / "primes.txt"
+
+
+def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KERNEL_BRIDGE_HOME": str(home), "NO_COLOR": "1"}
+    env.pop("KERNEL_BRIDGE_MODEL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "kernel_bridge.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_reason_streams_thinking_code_outputs_and_answer(tmp_path):
+    out = cli(
+        "reason",
+        "Sum the primes below 50.",
+        "--model",
+        f"scripted:{SCRIPT}",
+        "--no-color",
+        home=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    order = [
+        text.index(s)
+        for s in (
+            "Sum the primes below 50.",
+            "I will find the primes",
+            "print(len(primes))",
+            "\n15\n",
+            "sum(primes)",
+            "\n328\n",
+            "sum to 328",
+        )
+    ]
+    assert order == sorted(order)
+    assert "stale output" not in text
+    traces = load_traces(tmp_path / "traces.jsonl")
+    assert len(traces) == 1
+    assert traces[0].answer == "The primes below 50 sum to **328**."
+    assert f"trace {traces[0].id} saved to" in text
+
+
+def test_trace_option_show_and_export(tmp_path):
+    trace_file = tmp_path / "run.jsonl"
+    assert (
+        cli(
+            "reason",
+            "q",
+            "--model",
+            f"scripted:{SCRIPT}",
+            "--trace",
+            str(trace_file),
+            home=tmp_path,
+        ).returncode
+        == 0
+    )
+    shown = cli("traces", "show", str(trace_file), "--no-color", home=tmp_path)
+    assert shown.returncode == 0
+    assert "sum(primes)" in shown.stdout and "328" in shown.stdout
+    nb_path = tmp_path / "out" / "trace.ipynb"
+    exported = cli("export", str(trace_file), "--to", str(nb_path), home=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    nb = nbformat.read(nb_path, as_version=4)
+    nbformat.validate(nb)
+    assert [c.source for c in nb.cells if c.cell_type == "code"][1] == "sum(primes)"
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    cases = [
+        ("reason",),
+        ("reason", "q", "--model", "no-such-model"),
+        ("reason", "q", "--model", "scripted:/no/such/file.txt"),
+        ("reason", "q", "--max-steps", "0", "--model", f"scripted:{SCRIPT}"),
+        ("reason", "q", "--timeout", "soon"),
+        ("reason", "q", "--profile", "klingon", "--model", f"scripted:{SCRIPT}"),
+        ("traces", "show", str(tmp_path / "missing.jsonl")),
+        ("export", str(tmp_path / "missing.jsonl"), "--to", str(tmp_path / "x.ipynb")),
+        ("frobnicate",),
+    ]
+    for args in cases:
+        out = cli(*args, home=tmp_path)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1, (args, out.stderr)
+        assert lines[0].startswith("kernel-bridge: error: "), (args, lines)
+        assert "Traceback" not in out.stderr
+
+
+def test_run_that_hits_a_limit_exits_nonzero_and_saves_the_trace(tmp_path):
+    out = cli("reason", "q", "--model", f"scripted:{SCRIPT}", "--max-steps", "1", home=tmp_path)
+    assert out.returncode == 1
+    assert "max_steps" in out.stdout
+    assert load_traces(tmp_path / "traces.jsonl")[0].finish_reason == "max_steps"
