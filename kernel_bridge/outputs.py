@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from nbformat import NotebookNode
+from nbformat import NotebookNode, from_dict
 from nbformat.v4 import output_from_msg
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
@@ -170,9 +170,16 @@ class OutputCollector:
         if msg_type == "update_display_data":
             self._update_display(content)
             return
+        if msg_type == "stream" and self._continues_stream(content.get("name")):
+            # Only its text matters: skip building (and schema-checking) a node for it.
+            self._add_stream(content["name"], content.get("text", ""))
+            if self.on_output is not None:
+                self.on_output(from_dict({"output_type": "stream", "name": content["name"],
+                                          "text": content.get("text", "")}))
+            return
         out = output_from_msg(msg)
         if msg_type == "stream":
-            self._add_stream(out)
+            self._add_stream(out.name, out.text, out)
         else:
             self._add_rich(out, content)
         if self.on_output is not None:
@@ -184,13 +191,16 @@ class OutputCollector:
         self._display_index.clear()
         self._clear_pending = False
 
-    def _add_stream(self, out: NotebookNode) -> None:
-        text: str = out.text
-        (self.stdout if out.name == "stdout" else self.stderr).append(text)
-        self.text.append(text)
+    def _continues_stream(self, name: str | None) -> bool:
         last = len(self._outputs) - 1
-        if last in self._stream_buffers and self._outputs[last].name == out.name:
-            self._stream_buffers[last].append(text)
+        return last in self._stream_buffers and self._outputs[last].name == name
+
+    def _add_stream(self, name: str, text: str, out: NotebookNode | None = None) -> None:
+        """Append stream text: to the last output if it is the same stream, else as ``out``."""
+        (self.stdout if name == "stdout" else self.stderr).append(text)
+        self.text.append(text)
+        if out is None:
+            self._stream_buffers[len(self._outputs) - 1].append(text)
             return
         buf = HeadTail(self.store_cap)
         buf.append(text)
