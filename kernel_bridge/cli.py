@@ -15,8 +15,6 @@ from typing import Any, NoReturn
 
 from kernel_bridge import __version__
 
-DEFAULT_MODEL = "local"
-
 
 def default_trace_path() -> Path:
     """Where traces go unless ``--trace`` says otherwise: ``$KERNEL_BRIDGE_HOME/traces.jsonl``."""
@@ -46,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         "-m",
         default=None,
-        help=f"model string (default: $KERNEL_BRIDGE_MODEL or {DEFAULT_MODEL!r}); "
-        "'scripted:PATH' replays a script",
+        help="model string: 'local' (the embedded model), 'hf:ID_OR_PATH', 'scripted:PATH'; "
+        "default: $KERNEL_BRIDGE_MODEL, else the config file, else 'local'",
     )
     reason.add_argument("--profile", default="markdown", help="code-block format of the model")
     reason.add_argument(
@@ -116,8 +114,7 @@ def _reason(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
-    model = args.model or os.environ.get("KERNEL_BRIDGE_MODEL") or DEFAULT_MODEL
-    sampler = make_sampler(model)
+    sampler = make_sampler(args.model)
     trace_path = args.trace or default_trace_path()
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     renderer = TerminalRenderer(color=not args.no_color)

@@ -7,8 +7,10 @@ Closing the async iterator early (``aclose()``) must abort the upstream work.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from kernel_bridge.trace import Segment
@@ -57,17 +59,71 @@ class ModelSpecError(ValueError):
     """A model string that names no usable sampler."""
 
 
-def make_sampler(model: str) -> Sampler:
-    """The sampler a model string names: ``scripted:PATH`` (a stand-in for a model), …"""
-    model = model.strip()
+DEFAULT_MODEL = "local"
+
+
+def config_path() -> Path:
+    """``$KERNEL_BRIDGE_CONFIG``, else ``~/.config/kernel-bridge/config.toml``."""
+    return Path(
+        os.environ.get("KERNEL_BRIDGE_CONFIG")
+        or Path.home() / ".config" / "kernel-bridge" / "config.toml"
+    )
+
+
+def resolve_model(explicit: str | None = None) -> str:
+    """The model to use: the explicit one (a flag or magic option), else ``$KERNEL_BRIDGE_MODEL``,
+    else ``model = "…"`` in the config file, else the embedded ``local`` model."""
+    if explicit:
+        return explicit
+    if os.environ.get("KERNEL_BRIDGE_MODEL"):
+        return os.environ["KERNEL_BRIDGE_MODEL"]
+    path = config_path()
+    if path.is_file():
+        import tomllib
+
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ModelSpecError(f"cannot read {path}: {e}") from e
+        model = data.get("model")
+        if model is not None and not isinstance(model, str):
+            raise ModelSpecError(f"{path}: 'model' must be a string, got {model!r}")
+        if model:
+            return model
+    return DEFAULT_MODEL
+
+
+def make_sampler(model: str | None = None) -> Sampler:
+    """The sampler a model string names.
+
+    ``local`` (the embedded Qwen2.5-Coder-0.5B), ``hf:ID_OR_PATH`` (transformers), ``scripted:PATH``
+    (a stand-in that replays an assistant script). ``None`` resolves as ``resolve_model`` says.
+    """
+    model = resolve_model(model).strip()
     if model.startswith("scripted:"):
         from kernel_bridge.samplers.scripted import ScriptedSampler
 
         return ScriptedSampler.from_file(model.removeprefix("scripted:"))
+    if model == "local":
+        from kernel_bridge.samplers.transformers import TransformersSampler
+
+        return TransformersSampler.embedded()
+    if model.startswith("hf:"):
+        from kernel_bridge.samplers.transformers import TransformersSampler
+
+        return TransformersSampler.from_pretrained(model.removeprefix("hf:"))
     raise ModelSpecError(
-        f"no sampler for model {model!r}: this version knows 'scripted:PATH' "
-        "(replays an assistant script through the real kernel)"
+        f"no sampler for model {model!r}: use 'local' (the embedded model), 'hf:ID_OR_PATH' "
+        "(a transformers model) or 'scripted:PATH' (replays an assistant script)"
     )
 
 
-__all__ = ["Delta", "ModelSpecError", "SampleRequest", "Sampler", "make_sampler"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "Delta",
+    "ModelSpecError",
+    "SampleRequest",
+    "Sampler",
+    "make_sampler",
+    "resolve_model",
+]

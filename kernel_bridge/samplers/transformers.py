@@ -1,0 +1,293 @@
+"""TransformersSampler: any causal LM through transformers, on CPU or GPU.
+
+It keeps the KV cache between calls: when the Reasoner resumes after a tool step, the context is the
+previous context plus the new tokens (the rest of the model's text and the spliced output), so only
+those are prefilled. Every delta carries its token id and logprob for the trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from kernel_bridge.samplers import Delta, SampleRequest
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings; ``temperature=0`` is greedy decoding."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 2048
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class _Detokenizer:
+    """Turns token ids into text incrementally without splitting multi-byte characters.
+
+    Decodes a short window (from ``prefix`` to the end) and emits what became stable, so the cost
+    per token is constant.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # decode from here to give the tokenizer left context
+        self.read = 0  # ids before this have been emitted
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        after = self.tokenizer.decode(self.ids[self.prefix :])
+        if after.endswith("\ufffd") or len(after) <= len(before):
+            return ""  # an incomplete character: wait for the next token
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before) :]
+
+
+class TransformersSampler:
+    """Samples from a transformers causal LM, continuing the assistant turn with KV-cache reuse."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        config: GenerationConfig | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or GenerationConfig()
+        self.name = name or getattr(model, "name_or_path", None) or type(model).__name__
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        if tokenizer.eos_token_id is not None:
+            eos_ids.append(tokenizer.eos_token_id)
+        self.eos_ids = set(eos_ids)
+        self._lock = threading.Lock()  # one generation at a time owns the cache
+        self._cache: Any = None
+        self._cache_ids: list[int] = []
+        self.prefilled_last = 0  # tokens prefilled by the last call (for benchmarks and tests)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str,
+        *,
+        dtype: Any = None,
+        device: str | None = None,
+        config: GenerationConfig | None = None,
+    ) -> TransformersSampler:
+        """Load a model id or local path (a hub is needed only for ids not in the local cache)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_id, dtype=dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+        ).to(device)
+        model.eval()
+        return cls(model, tokenizer, config=config, name=f"hf:{model_id}")
+
+    @classmethod
+    def embedded(cls, config: GenerationConfig | None = None) -> TransformersSampler:
+        """The embedded default model (``local``): Qwen2.5-Coder-0.5B-Instruct on CPU."""
+        from kernel_bridge.embedded import load_embedded
+
+        model, tokenizer = load_embedded()
+        return cls(model, tokenizer, config=config, name="local")
+
+    # -- what the Reasoner and the trace use ---------------------------------------------------
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "temperature": self.config.temperature,
+            "top_p": self.config.top_p,
+            "max_new_tokens": self.config.max_new_tokens,
+        }
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True
+        )
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def context_ids(self, request: SampleRequest) -> list[int]:
+        """Prompt ids + each segment's own ids (recorded, else its text encoded alone)."""
+        ids = self.prompt_ids(request.messages)
+        for segment in request.segments:
+            ids.extend(
+                segment.token_ids if segment.token_ids is not None else self.encode(segment.text)
+            )
+        return ids
+
+    # -- generation ----------------------------------------------------------------------------
+
+    async def stream(self, request: SampleRequest) -> AsyncIterator[Delta]:
+        context = self.context_ids(request)
+        budget = min(self.config.max_new_tokens, request.max_tokens or self.config.max_new_tokens)
+        out = _Output(_Detokenizer(self.tokenizer), [s for s in request.stop if s])
+        steps = _Steps(self, context)
+        loop = asyncio.get_running_loop()
+        try:
+            for n in range(budget):
+                steps.inflight = loop.run_in_executor(None, steps.next)
+                token_id, logprob = await steps.inflight
+                if token_id in self.eos_ids:
+                    yield out.flush("stop")
+                    return
+                delta = out.add(token_id, logprob)
+                if delta.finish_reason == "stop":
+                    yield delta
+                    return
+                if n == budget - 1:
+                    yield out.flush("length", delta)
+                    return
+                if delta.text or delta.token_ids:
+                    yield delta
+        finally:
+            await steps.release()
+
+
+class _Output:
+    """Text and ids on their way out: holds back a tail that may grow into a stop string.
+
+    A token's id leaves with the delta that completes its text, so ids and text stay aligned; text
+    cut at a stop string leaves without ids when a token straddles the cut.
+    """
+
+    def __init__(self, detok: _Detokenizer, stops: list[str]) -> None:
+        self.detok = detok
+        self.stops = stops
+        self.text = ""  # produced but not yet emitted
+        self.tokens: list[tuple[int, float, int]] = []  # (id, logprob, end offset in self.text)
+
+    def add(self, token_id: int, logprob: float) -> Delta:
+        self.text += self.detok.add(token_id)
+        self.tokens.append((token_id, logprob, len(self.text)))
+        for stop in self.stops:
+            at = self.text.find(stop)
+            if at >= 0:
+                return self._emit(at, "stop", drop_rest=True)
+        return self._emit(len(self.text) - _partial_stop(self.text, self.stops))
+
+    def flush(self, reason: str, last: Delta | None = None) -> Delta:
+        rest = self._emit(len(self.text), reason)
+        if last is None:
+            return rest
+        ids = (
+            None
+            if last.token_ids is None or rest.token_ids is None
+            else [*last.token_ids, *rest.token_ids]
+        )
+        lps = None if ids is None else [*(last.logprobs or []), *(rest.logprobs or [])]
+        return Delta(last.text + rest.text, token_ids=ids, logprobs=lps, finish_reason=reason)  # type: ignore[arg-type]
+
+    def _emit(self, upto: int, reason: str | None = None, drop_rest: bool = False) -> Delta:
+        done = [t for t in self.tokens if t[2] <= upto]
+        rest = self.tokens[len(done) :]
+        straddles = drop_rest and rest and (done[-1][2] if done else 0) < upto
+        text, self.text = self.text[:upto], self.text[upto:]
+        self.tokens = [] if drop_rest else [(i, lp, end - upto) for i, lp, end in rest]
+        ids = None if straddles else [t[0] for t in done]
+        lps = None if straddles else [t[1] for t in done]
+        return Delta(text, token_ids=ids, logprobs=lps, finish_reason=reason)  # type: ignore[arg-type]
+
+
+def _partial_stop(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(text), len(stop) - 1), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best
+
+
+class _Steps:
+    """One generation: prefill what the cache lacks, then one token per ``next()`` (in a thread)."""
+
+    def __init__(self, sampler: TransformersSampler, context: list[int]) -> None:
+        self.s = sampler
+        self.context = context
+        self.inflight: asyncio.Future[tuple[int, float]] | None = None
+        self._next_input: list[int] | None = None
+        self._owns_lock = False
+        self._generator: Any = None
+
+    def _start(self) -> None:
+        import torch
+
+        s = self.s
+        s._lock.acquire()
+        self._owns_lock = True
+        common = 0
+        limit = min(len(s._cache_ids), len(self.context) - 1)  # always prefill ≥ 1 token
+        while common < limit and s._cache_ids[common] == self.context[common]:
+            common += 1
+        if s._cache is not None and common > 0:
+            surplus = len(s._cache_ids) - common
+            if surplus:
+                s._cache.crop(-surplus)  # a negative count removes tokens in every version
+        else:
+            from transformers import DynamicCache
+
+            s._cache, common = DynamicCache(), 0
+        s._cache_ids = self.context[:common]
+        s.prefilled_last = len(self.context) - common
+        self._next_input = self.context[common:]
+        if s.config.seed is not None:
+            self._generator = torch.Generator(device=s.model.device).manual_seed(s.config.seed)
+
+    def next(self) -> tuple[int, float]:
+        import torch
+
+        if self._next_input is None:
+            self._start()
+        s = self.s
+        assert self._next_input is not None
+        with torch.inference_mode():
+            input_ids = torch.tensor([self._next_input], device=s.model.device)
+            out = s.model(input_ids=input_ids, past_key_values=s._cache, use_cache=True)
+            logits = out.logits[0, -1].float()
+        s._cache = out.past_key_values
+        s._cache_ids.extend(self._next_input)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if s.config.temperature == 0:
+            token = int(torch.argmax(logits))
+        else:
+            probs = torch.softmax(logits / s.config.temperature, dim=-1)
+            if s.config.top_p < 1:
+                sorted_p, order = torch.sort(probs, descending=True)
+                keep = torch.cumsum(sorted_p, 0) - sorted_p < s.config.top_p
+                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+            token = int(torch.multinomial(probs, 1, generator=self._generator))
+        self._next_input = [token]
+        return token, float(logprobs[token])
+
+    async def release(self) -> None:
+        """Wait for a step still running in its thread (a cancel), then free the cache."""
+        if self.inflight is not None and not self.inflight.done():
+            await asyncio.wait([self.inflight])
+        if self._owns_lock:
+            self._owns_lock = False
+            self.s._lock.release()
