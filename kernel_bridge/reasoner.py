@@ -30,6 +30,7 @@ from kernel_bridge.parsing import (
     TextDelta,
     get_profile,
 )
+from kernel_bridge.prompts import default_examples, default_system_prompt
 from kernel_bridge.samplers import Delta, Sampler, SampleRequest
 from kernel_bridge.trace import Segment, Span, Step, Trace, TraceStore
 
@@ -90,30 +91,13 @@ class RunFinished:
 ReasonerEvent = Event | RunStarted | StepStarted | StepOutput | StepFinished | RunFinished
 
 
-def default_system_prompt(profile: Profile) -> str:
-    """Tells the model the protocol of ``profile``: how to run code and where answers go."""
-    if profile.code == "tag":
-        how = f"write {profile.code_tags[0]}your code{profile.code_tags[1]}"
-    else:
-        how = "write a ```python block (close it with ``` on its own line)"
-    answer = (
-        f" Put the final answer in {profile.answer_tags[0]}…{profile.answer_tags[1]}."
-        if profile.answer_tags
-        else ""
-    )
-    return (
-        "You are a careful problem solver with a live Python kernel. While you think, "
-        f"{how} whenever a computation helps; it runs at once, variables persist between blocks, "
-        f"and the real output appears after it in a {profile.output_tags[0]} block. Never write "
-        f"an output block yourself. Read the output, then continue.{answer}"
-    )
-
-
 class Reasoner:
     """Runs a sampler's thinking with a live kernel.
 
     ``kernel`` defaults to a fresh local ``Kernel`` started on first use and shut down by
-    ``close()``; a kernel passed in is left running (its state is the caller's).
+    ``close()``; a kernel passed in is left running (its state is the caller's). The prompt is
+    ``system_prompt`` and the worked ``examples`` (defaults from ``kernel_bridge.prompts``), then
+    the question.
     """
 
     def __init__(
@@ -124,6 +108,7 @@ class Reasoner:
         profile: Profile | str = "markdown",
         limits: Limits | None = None,
         system_prompt: str | None = None,
+        examples: list[dict[str, Any]] | None = None,
         store: TraceStore | str | os.PathLike[str] | None = None,
         start_section: str | None = None,
     ) -> None:
@@ -133,6 +118,7 @@ class Reasoner:
         self.system_prompt = (
             default_system_prompt(self.profile) if system_prompt is None else system_prompt
         )
+        self.examples = default_examples(self.profile) if examples is None else examples
         self.store = TraceStore(store) if isinstance(store, (str, os.PathLike)) else store
         self.start_section = start_section
         self._kernel = kernel
@@ -162,9 +148,10 @@ class Reasoner:
             messages = [{"role": "user", "content": question}]
         else:
             messages = [dict(m) for m in question]
-        if self.system_prompt and not any(m.get("role") == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return messages
+        if any(m.get("role") == "system" for m in messages):
+            return messages  # the caller wrote the whole prompt
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, *(dict(m) for m in self.examples), *messages]
 
     async def run(self, question: str | list[dict[str, Any]]) -> Trace:
         """Run to the end and return the trace (also in ``self.trace`` if cancelled)."""
