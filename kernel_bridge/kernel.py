@@ -187,8 +187,9 @@ class LocalTransport:
             return self._queue.get_nowait()
         except asyncio.QueueEmpty:
             if timeout <= 0:
-                raise asyncio.TimeoutError from None
-        return await asyncio.wait_for(self._queue.get(), timeout)
+                raise TimeoutError from None
+        async with asyncio.timeout(timeout):
+            return await self._queue.get()
 
     async def interrupt(self) -> None:
         await self.km.interrupt_kernel()
@@ -503,7 +504,7 @@ class _Run:
             wait = poll if self.reply is not None else min(poll, deadline - now)
             try:
                 channel, msg = await self.transport.next_message(max(wait, 0.001))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if not await self.transport.is_alive():
                     return "died"
                 continue

@@ -116,7 +116,7 @@ class RemoteTransport:
                     if channel == "shell" and msg.get("parent_header", {}).get("msg_id") == msg_id:
                         self._died = False
                         return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
         raise KernelError(f"the remote kernel did not answer within {self.startup_timeout} s")
 
@@ -148,8 +148,9 @@ class RemoteTransport:
             return self._queue.get_nowait()
         except asyncio.QueueEmpty:
             if timeout <= 0:
-                raise asyncio.TimeoutError from None
-        return await asyncio.wait_for(self._queue.get(), timeout)
+                raise TimeoutError from None
+        async with asyncio.timeout(timeout):
+            return await self._queue.get()
 
     async def interrupt(self) -> None:
         await self._request("POST", f"/api/kernels/{self.kernel_id}/interrupt")

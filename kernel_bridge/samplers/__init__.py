@@ -97,7 +97,9 @@ def make_sampler(model: str | None = None) -> Sampler:
     """The sampler a model string names.
 
     ``local`` (the embedded Qwen2.5-Coder-0.5B), ``hf:ID_OR_PATH`` (transformers), ``scripted:PATH``
-    (a stand-in that replays an assistant script). ``None`` resolves as ``resolve_model`` says.
+    (a stand-in that replays an assistant script), ``PROVIDER/MODEL`` (an API model through
+    LiteLLM: ``openai/gpt-4o``, ``anthropic/…``, ``hosted_vllm/…``, ``ollama_chat/…``; keys and
+    bases from the provider's environment variables). ``None`` resolves as ``resolve_model`` says.
     """
     model = resolve_model(model).strip()
     if model.startswith("scripted:"):
@@ -112,9 +114,15 @@ def make_sampler(model: str | None = None) -> Sampler:
         from kernel_bridge.samplers.transformers import TransformersSampler
 
         return TransformersSampler.from_pretrained(model.removeprefix("hf:"))
+    if "/" in model and not model.startswith(("vllm:", "/", ".", "~")):
+        from kernel_bridge.samplers.litellm import LiteLLMSampler
+
+        return LiteLLMSampler(model)
     raise ModelSpecError(
         f"no sampler for model {model!r}: use 'local' (the embedded model), 'hf:ID_OR_PATH' "
-        "(a transformers model) or 'scripted:PATH' (replays an assistant script)"
+        "(a transformers model), 'scripted:PATH' (replays an assistant script) or "
+        "'PROVIDER/MODEL' (an API model through LiteLLM, e.g. 'openai/gpt-4o'; needs "
+        'pip install "kernel-bridge[api]")'
     )
 
 
