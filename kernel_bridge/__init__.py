@@ -26,3 +26,16 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'kernel_bridge' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext kernel_bridge``: the ``%%reason`` magic (see ``kernel_bridge.magic``)."""
+    from kernel_bridge.magic import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from kernel_bridge.magic import unload_ipython_extension as unload
+
+    unload(ipython)

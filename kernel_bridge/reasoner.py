@@ -17,6 +17,7 @@ from typing import Any
 
 from nbformat import NotebookNode
 
+from kernel_bridge.executors import Executor
 from kernel_bridge.kernel import ExecutionResult, Kernel
 from kernel_bridge.parsing import (
     CodeDelta,
@@ -95,7 +96,8 @@ class Reasoner:
     """Runs a sampler's thinking with a live kernel.
 
     ``kernel`` defaults to a fresh local ``Kernel`` started on first use and shut down by
-    ``close()``; a kernel passed in is left running (its state is the caller's). The prompt is
+    ``close()``; a kernel passed in is left running (its state is the caller's). Any ``Executor``
+    works in its place, e.g. ``ShellExecutor`` (the notebook's own namespace). The prompt is
     ``system_prompt`` and the worked ``examples`` (defaults from ``kernel_bridge.prompts``), then
     the question.
     """
@@ -103,7 +105,7 @@ class Reasoner:
     def __init__(
         self,
         sampler: Sampler,
-        kernel: Kernel | None = None,
+        kernel: Executor | None = None,
         *,
         profile: Profile | str = "markdown",
         limits: Limits | None = None,
@@ -121,11 +123,11 @@ class Reasoner:
         self.examples = default_examples(self.profile) if examples is None else examples
         self.store = TraceStore(store) if isinstance(store, (str, os.PathLike)) else store
         self.start_section = start_section
-        self._kernel = kernel
+        self._kernel: Executor | None = kernel
         self._owns_kernel = kernel is None
         self.trace: Trace | None = None
 
-    async def kernel(self) -> Kernel:
+    async def kernel(self) -> Executor:
         if self._kernel is None:
             self._kernel = Kernel(timeout=self.limits.step_timeout)
         if not self._kernel.started:
@@ -133,7 +135,7 @@ class Reasoner:
         return self._kernel
 
     async def close(self) -> None:
-        if self._owns_kernel and self._kernel is not None:
+        if self._owns_kernel and isinstance(self._kernel, Kernel):
             await self._kernel.shutdown()
             self._kernel = None
 
@@ -258,13 +260,13 @@ class _Run:
         try:
             while True:
                 try:
-                    delta = await asyncio.wait_for(
-                        anext(stream),
-                        max(self.deadline - time.monotonic(), 0.001),  # type: ignore[arg-type]
-                    )
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                    # arrives as a delta lands, and the run would not stop.
+                    async with asyncio.timeout(max(self.deadline - time.monotonic(), 0.001)):
+                        delta = await anext(stream)  # type: ignore[call-overload]
                 except StopAsyncIteration:
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.sample_end = "time_limit"
                     return
                 for event in self._take(delta):
@@ -328,7 +330,7 @@ class _Run:
         ):
             self.tail_text.clear()
 
-    async def _execute(self, kernel: Kernel, code: str) -> AsyncIterator[ReasonerEvent]:
+    async def _execute(self, kernel: Executor, code: str) -> AsyncIterator[ReasonerEvent]:
         index = len(self.trace.steps)
         yield StepStarted(index, code)
         queue: asyncio.Queue[NotebookNode] = asyncio.Queue()

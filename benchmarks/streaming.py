@@ -1,0 +1,281 @@
+"""What a ``%%reason`` run sends to a Jupyter client, against a display-handle update loop.
+
+A scripted assistant turn of about 200,000 characters (thinking prose and code blocks that print)
+runs through ``%%reason`` in a real kernel. A raw iopub subscriber, connected like any client,
+counts every message the cell caused and its bytes as received (all frames). The same trace is then
+replayed in the same kernel by a naive renderer that keeps one display handle and updates it with
+the whole text so far after every delta (the scripted model's 16-character deltas; the tool
+outputs arrive whole), which is what a ``display(..., display_id=True)`` + ``update`` loop does.
+
+Reported for each: total iopub bytes ÷ trace size (the trace's JSON), messages, and the peak
+messages/s and bytes/s over any 1 s window, against the Jupyter server's defaults
+(``iopub_msg_rate_limit`` 1,000 msgs/s, ``iopub_data_rate_limit`` 1,000,000 bytes/s; the server
+averages over a 3 s window, so a 1 s peak is the stricter test). Run
+``python benchmarks/streaming.py`` (about a minute); ``--json PATH`` also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+from jupyter_client.manager import start_new_kernel
+
+MSG_RATE_LIMIT = 1000  # jupyter_server's ZMQChannelsHandler defaults
+DATA_RATE_LIMIT = 1_000_000
+DELIMITER = b"<IDS|MSG>"
+
+PROSE = (
+    "Let me check this intermediate result carefully before moving on, because an early "
+    "mistake would carry into every later step of the computation.\n"
+)
+
+
+def make_script(chars: int, blocks: int) -> str:
+    """An assistant turn of about ``chars`` characters: prose, then ``blocks`` printing blocks."""
+    code = (
+        "rows = [(k, k * k, k**3) for k in range({start}, {start} + 40)]\nfor row in rows:\n"
+        "    print(*row)\n"
+    )
+    output_chars = 40 * 14  # what each block prints, roughly
+    per_block = max(len(PROSE), (chars - blocks * (output_chars + 110)) // blocks)
+    parts = ["<think>\n"]
+    for i in range(blocks):
+        parts.append(PROSE * (per_block // len(PROSE)))
+        parts.append(f"```python\n{code.format(start=i * 40)}```\n")
+    parts.append(
+        f"That covers every block.\n</think>\n<answer>All **{blocks}** blocks ran.</answer>"
+    )
+    return "".join(parts)
+
+
+@dataclass
+class Figures:
+    """What one cell sent, as a client received it."""
+
+    name: str
+    messages: int
+    bytes: int
+    seconds: float
+    trace_bytes: int
+    peak_msgs_per_s: int = 0
+    peak_bytes_per_s: int = 0
+    by_type: dict[str, list[int]] = field(default_factory=dict)  # msg_type → [count, bytes]
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes / self.trace_bytes
+
+    @property
+    def over_limits(self) -> bool:
+        return self.peak_msgs_per_s > MSG_RATE_LIMIT or self.peak_bytes_per_s > DATA_RATE_LIMIT
+
+
+class IopubCounter:
+    """A raw SUB socket on the kernel's iopub channel; records (time, bytes, type, parent id)."""
+
+    def __init__(self, url: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, 0)  # never drop on our side
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(url)
+        self.records: list[tuple[float, int, str, str, str]] = []
+        self._lock = threading.Lock()
+        self._stop = False
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self._stop:
+            if not poller.poll(100):
+                continue
+            frames = self.sock.recv_multipart(copy=True)
+            t = time.monotonic()
+            size = sum(len(f) for f in frames)
+            i = frames.index(DELIMITER)
+            header = json.loads(frames[i + 2])
+            parent = json.loads(frames[i + 3])
+            content = json.loads(frames[i + 5]) if header["msg_type"] == "status" else {}
+            state = content.get("execution_state", "")
+            with self._lock:
+                self.records.append((t, size, header["msg_type"], parent.get("msg_id", ""), state))
+
+    def wait_idle(self, msg_id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if any(r[3] == msg_id and r[4] == "idle" for r in self.records):
+                    return
+            time.sleep(0.01)
+        raise TimeoutError(f"no idle status for {msg_id} within {timeout} s")
+
+    def of(self, msg_id: str) -> list[tuple[float, int, str, str, str]]:
+        with self._lock:
+            return [r for r in self.records if r[3] == msg_id]
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def run_cell(kc: Any, counter: IopubCounter, code: str, timeout: float) -> str:
+    msg_id = kc.execute(code)
+    reply = kc.get_shell_msg(timeout=timeout)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=timeout)
+    if reply["content"]["status"] != "ok":
+        raise RuntimeError(f"cell failed: {reply['content']}")
+    counter.wait_idle(msg_id, timeout)
+    return msg_id
+
+
+def figures(
+    name: str, records: list[tuple[float, int, str, str, str]], trace_bytes: int
+) -> Figures:
+    times = [r[0] for r in records]
+    sizes = [r[1] for r in records]
+    f = Figures(name, len(records), sum(sizes), times[-1] - times[0], trace_bytes)
+    j = 0
+    window_bytes = 0
+    for i, t in enumerate(times):  # sliding 1 s windows, each starting at a message
+        while j < len(times) and times[j] < t + 1.0:
+            window_bytes += sizes[j]
+            j += 1
+        f.peak_msgs_per_s = max(f.peak_msgs_per_s, j - i)
+        f.peak_bytes_per_s = max(f.peak_bytes_per_s, window_bytes)
+        window_bytes -= sizes[i]
+    counts: Counter[str] = Counter()
+    volume: Counter[str] = Counter()
+    for r in records:
+        counts[r[2]] += 1
+        volume[r[2]] += r[1]
+    f.by_type = {k: [counts[k], volume[k]] for k in sorted(counts, key=lambda k: -volume[k])}
+    return f
+
+
+NAIVE_CELL = """
+from IPython.display import Markdown, display
+from kernel_bridge.trace import load_traces
+_trace = load_traces({path!r})[-1]
+_handle = display(Markdown(""), display_id=True)
+_text = ""
+for _segment in _trace.segments:
+    _step = {delta} if _segment.kind == "model" else len(_segment.text)
+    for _i in range(0, len(_segment.text), _step):
+        _text += _segment.text[_i : _i + _step]
+        _handle.update(Markdown(_text))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chars", type=int, default=200_000, help="size of the assistant turn")
+    parser.add_argument("--blocks", type=int, default=40, help="code blocks in it")
+    parser.add_argument("--delta", type=int, default=16, help="characters per naive update")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="kb-streaming-"))
+    script = work / "script.txt"
+    script.write_text(make_script(args.chars, args.blocks), encoding="utf-8")
+    traces = work / "traces.jsonl"
+    env = {**os.environ, "KERNEL_BRIDGE_HOME": str(work)}
+    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(work))
+    info = km.get_connection_info()
+    counter = IopubCounter(f"{info['transport']}://{info['ip']}:{info['iopub_port']}")
+    try:
+        while True:  # a SUB socket only sees messages once it is connected: wait for it
+            try:
+                run_cell(kc, counter, "%load_ext kernel_bridge", 2)
+                break
+            except TimeoutError:
+                continue
+        limit = f"--max-steps {args.blocks + 1} --max-tokens {args.chars * 2} --time-limit 3600"
+        cell = f"%%reason --model scripted:{script} --trace {traces} {limit}\nRun every block."
+        ours_id = run_cell(kc, counter, cell, 300)
+        line = traces.read_bytes().splitlines()[-1]
+        trace = json.loads(line)
+        assert trace["finish_reason"] == "answer", trace["finish_reason"]
+        assert len(trace["steps"]) == args.blocks
+        text_chars = sum(len(s["text"]) for s in trace["segments"])
+        updates = sum(
+            -(-len(s["text"]) // (args.delta if s["kind"] == "model" else len(s["text"])))
+            for s in trace["segments"]
+            if s["text"]
+        )
+        naive_id = run_cell(kc, counter, NAIVE_CELL.format(path=str(traces), delta=args.delta), 600)
+        ours = figures(
+            "%%reason (stream + display + comm + trace bundle)", counter.of(ours_id), len(line)
+        )
+        naive = figures(
+            f"display-handle update per {args.delta}-char delta", counter.of(naive_id), len(line)
+        )
+    finally:
+        counter.close()
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+    rows = [ours, naive]
+    print(
+        f"# %%reason streaming: one {text_chars:,}-character assistant turn "
+        f"({args.blocks} blocks), trace JSON {len(line):,} bytes\n"
+    )
+    print(
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs; bytes are every iopub frame a client received for the cell.\n"
+    )
+    print(
+        "| renderer | iopub bytes | ÷ trace size | messages | cell time (s) | peak msgs/s "
+        f"(limit {MSG_RATE_LIMIT:,}) | peak bytes/s (limit {DATA_RATE_LIMIT:,}) | over a limit |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for f in rows:
+        print(
+            f"| {f.name} | {f.bytes:,} | {f.ratio:.2f} | {f.messages:,} | {f.seconds:.1f} | "
+            f"{f.peak_msgs_per_s:,} | {f.peak_bytes_per_s:,} | {'yes' if f.over_limits else 'no'} |"
+        )
+    received = naive.by_type.get("update_display_data", [0])[0]
+    dropped = updates - received
+    print(
+        f"\nnaive ÷ %%reason bytes: {naive.bytes / ours.bytes:,.0f}×; the naive loop sent "
+        f"{updates:,} updates and the client received {received:,}"
+        + (f" ({dropped:,} dropped at ZeroMQ's high-water mark)" if dropped else "")
+        + "\n"
+    )
+    print("| %%reason message type | messages | bytes | ÷ trace size |")
+    print("|---|---:|---:|---:|")
+    for kind, (count, size) in ours.by_type.items():
+        print(f"| {kind} | {count:,} | {size:,} | {size / len(line):.2f} |")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "text_chars": text_chars,
+                    "trace_bytes": len(line),
+                    "blocks": args.blocks,
+                    "rows": [asdict(f) | {"ratio": f.ratio} for f in rows],
+                },
+                indent=2,
+            )
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,821 @@
+"""The ``%%reason`` cell magic: a model thinks in the notebook, and its code runs live.
+
+``%load_ext kernel_bridge``, then a cell::
+
+    %%reason --model local
+    Which of the first 10,000 primes has the largest digit sum? Keep the list in `primes`.
+
+**Where the code runs.** By default in the notebook's own namespace (``ShellExecutor``): the model
+sees ``df``, and what it builds stays. ``--isolated`` uses a sidecar ``Kernel`` per notebook, kept
+across cells (``%reason_kernel status|restart|shutdown``) and shut down when the kernel exits.
+
+**Threads.** The magic runs on the kernel's main thread, inside the cell. The ``Reasoner`` runs on a
+private event loop thread (``LoopThread``) and posts its events to a mailbox; the main thread takes
+them in order, shows each in the cell, and runs the code blocks that ``ShellExecutor`` posts there.
+So publishing outputs and running user code both happen on the main thread, as IPython expects.
+The Stop button (SIGINT → KeyboardInterrupt in the main thread) cancels the Reasoner's task; the
+Reasoner stops its sampler (and interrupts a sidecar block), saves the trace as ``interrupted``, and
+the cell ends with one line saying so.
+
+**What the cell shows** (linear in bytes, readable in any frontend): the thinking as stream text
+(ipykernel batches it every 0.2 s), each code block as a Markdown display, its real outputs (live
+in shared mode; forwarded from the sidecar with ``--isolated``), a status line per block, the
+answer as Markdown, and last a ``application/vnd.kernel-bridge.trace+json`` bundle holding the
+trace, whose ``text/plain`` is a one-line summary. Nothing is updated in place.
+
+**Comm** (target ``kernel_bridge.trace``, one comm per run, for the JupyterLab extension). Opened
+with ``{"version": 1, "trace_id", "model", "question", "mode", "trace_path"}``; then messages
+``{"events": [...]}`` sent in batches (every 0.2 s, and when a block starts), each event
+one of ``{"type": "text", "section", "text"}``, ``{"type": "code", "section", "code", "runs"}``,
+``{"type": "step_started", "index"}``, ``{"type": "output", "index", "output"}`` (an nbformat
+output), ``{"type": "step_finished", "index", "status", "duration_s", "new_files"}``,
+``{"type": "cells", "cells": [...]}`` (``--cells``: nbformat cells to insert below the cell) and
+``{"type": "finished", "trace_id", "finish_reason", "answer", "error", "trace_path"}``; then the
+comm closes. With no frontend listening the messages cost only their bytes; nothing waits.
+
+**--cells.** A kernel cannot add cells to a notebook by itself (``set_next_input`` makes one). So
+the cells go to the frontend over the comm (the extension inserts them), and, for any frontend,
+into ``reason-<trace id>.ipynb`` next to the notebook (the kernel's working directory), linked from
+the cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import os
+import queue
+import string
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+from IPython.utils.process import arg_split
+from traitlets import Bool, Enum, Float, Int, TraitError, Unicode
+
+from kernel_bridge.executors import ShellExecutor, ShellJob
+from kernel_bridge.kernel import Kernel, LoopThread
+from kernel_bridge.parsing import CodeEnd, TextDelta
+from kernel_bridge.reasoner import (
+    Limits,
+    Reasoner,
+    RunFinished,
+    RunStarted,
+    StepFinished,
+    StepOutput,
+    StepStarted,
+)
+from kernel_bridge.trace import Trace
+
+TRACE_MIME = "application/vnd.kernel-bridge.trace+json"
+COMM_TARGET = "kernel_bridge.trace"
+STOP_WAIT_S = 15.0  # how long an interrupted run may take to save its trace
+
+
+class ReasonError(Exception):
+    """A ``%%reason`` run that failed or was stopped; the cell shows it as one line."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"kernel-bridge: {' '.join(str(self).split())}"]
+
+
+# -- the comm -----------------------------------------------------------------------------------
+
+
+class TraceComm:
+    """Sends a run's events to the frontend in batches over a comm; never fails the run."""
+
+    INTERVAL = 0.2  # as ipykernel batches stream text
+
+    def __init__(self, open_data: dict[str, Any]) -> None:
+        self._events: list[dict[str, Any]] = []
+        self._text: list[str] = []
+        self._text_section = ""
+        self._last = time.monotonic()
+        try:
+            import comm
+
+            self._comm: Any = comm.create_comm(target_name=COMM_TARGET, data=open_data)
+        except Exception:
+            self._comm = None
+
+    def text(self, section: str, text: str) -> None:
+        if self._comm is None or not text:
+            return
+        if self._text and section != self._text_section:
+            self._end_text()
+        self._text.append(text)
+        self._text_section = section
+        self._maybe_flush()
+
+    def add(self, event: dict[str, Any], flush: bool = False) -> None:
+        if self._comm is None:
+            return
+        self._end_text()
+        self._events.append(event)
+        if flush:
+            self.flush()
+        else:
+            self._maybe_flush()
+
+    def _end_text(self) -> None:
+        if self._text:
+            self._events.append(
+                {"type": "text", "section": self._text_section, "text": "".join(self._text)}
+            )
+            self._text = []
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last >= self.INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last = time.monotonic()
+        if self._comm is None:
+            return
+        self._end_text()
+        if not self._events:
+            return
+        events, self._events = self._events, []
+        try:
+            self._comm.send({"events": events})
+        except Exception:
+            self._comm = None
+
+    def close(self) -> None:
+        self.flush()
+        if self._comm is not None:
+            with contextlib.suppress(Exception):
+                self._comm.close()
+            self._comm = None
+
+
+# -- what the cell shows ------------------------------------------------------------------------
+
+
+class CellRenderer:
+    """Shows one run's events in the cell as plain stream and display outputs, in order.
+
+    ``live_outputs``: the blocks' outputs already reach the cell as they run (shared mode), so
+    ``StepOutput`` events only go to the comm; otherwise (a sidecar kernel) they are shown here.
+    """
+
+    def __init__(
+        self,
+        *,
+        show: str,
+        live_outputs: bool,
+        trace_path: Path,
+        mode: str,
+        cells: bool,
+        comm: bool,
+    ) -> None:
+        self.show_all = show == "all"
+        self.live_outputs = live_outputs
+        self.trace_path = trace_path
+        self.mode = mode
+        self.cells = cells
+        self.use_comm = comm
+        self.comm: TraceComm | None = None
+        self.finished = False
+        self._line_start = True  # nothing streamed since the last display: skip leading blanks
+        self._blank = ""  # trailing blank space not written yet
+        self._open_line = False  # prose written without its final newline
+
+    def handle(self, event: Any) -> None:
+        comm = self.comm
+        if isinstance(event, RunStarted):
+            self._open_comm(event.trace)
+        elif isinstance(event, TextDelta):
+            if comm:
+                comm.text(event.section, event.raw)
+            if self.show_all and event.section != "answer":
+                self._write(event.raw)
+        elif isinstance(event, CodeEnd):
+            if comm:
+                comm.add(
+                    {
+                        "type": "code",
+                        "section": event.section,
+                        "code": event.code,
+                        "runs": event.runs,
+                    }
+                )
+            if self.show_all and event.section != "answer" and event.code.strip():
+                self._show_code(event.code)
+        elif isinstance(event, StepStarted):
+            if comm:
+                comm.add({"type": "step_started", "index": event.index}, flush=True)
+        elif isinstance(event, StepOutput):
+            if comm:
+                comm.add({"type": "output", "index": event.index, "output": event.output})
+            if self.show_all and not self.live_outputs:
+                self._show_output(event.output)
+        elif isinstance(event, StepFinished):
+            step = event.step
+            if comm:
+                comm.add(
+                    {
+                        "type": "step_finished",
+                        "index": step.index,
+                        "status": step.status,
+                        "duration_s": step.duration_s,
+                        "new_files": step.new_files,
+                    }
+                )
+            if self.show_all:
+                self._show_status(step)
+        elif isinstance(event, RunFinished):
+            self.finish(event.trace)
+
+    def idle(self) -> None:
+        """Nothing arrived for a moment: send what the comm holds."""
+        if self.comm:
+            self.comm.flush()
+
+    def _open_comm(self, trace: Trace) -> None:
+        if self.use_comm:
+            self.comm = TraceComm(
+                {
+                    "version": 1,
+                    "trace_id": trace.id,
+                    "model": trace.model,
+                    "question": trace.question,
+                    "mode": self.mode,
+                    "trace_path": str(self.trace_path),
+                }
+            )
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def _write(self, text: str) -> None:
+        """Stream prose; blank space is held back until more text follows, so no output of the
+        cell starts or ends with empty lines."""
+        if self._line_start:
+            text = text.lstrip()
+        body = text.rstrip()
+        if body:
+            sys.stdout.write(self._blank + body)
+            self._line_start = False
+            self._blank = ""
+            self._open_line = True
+        self._blank += text[len(body) :]
+
+    def _display(self, bundle: dict[str, Any], kind: str, **meta: Any) -> None:
+        self._end_line()
+        display(bundle, raw=True, metadata={"kernel_bridge": {"kind": kind, **meta}})
+        self._line_start, self._blank = True, ""
+
+    def _end_line(self) -> None:
+        """End streamed prose with its newline before a display (a terminal would run on)."""
+        if self._open_line:
+            sys.stdout.write("\n")
+            self._open_line = False
+
+    def _show_code(self, code: str) -> None:
+        code = code.rstrip("\n")
+        fence = "`" * max(3, _longest_run(code, "`") + 1)
+        self._display(
+            {"text/markdown": f"{fence}python\n{code}\n{fence}", "text/plain": code}, "code"
+        )
+
+    def _show_output(self, output: Mapping[str, Any]) -> None:
+        kind = output.get("output_type")
+        if kind == "stream":
+            stream = sys.stderr if output.get("name") == "stderr" else sys.stdout
+            stream.write(output.get("text", ""))
+            self._line_start = False
+        elif kind == "error":
+            sys.stderr.write("\n".join(output.get("traceback", [])) + "\n")
+            self._line_start = False
+        elif kind in ("display_data", "execute_result"):
+            self._end_line()
+            display(
+                dict(output.get("data", {})), raw=True, metadata=dict(output.get("metadata", {}))
+            )
+            self._line_start, self._blank = True, ""
+
+    def _show_status(self, step: Any) -> None:
+        line = f"⟵ {step.status} in {step.duration_s:.2f} s"
+        if step.status in ("timeout", "died"):
+            line += " · " + step.output_text.rsplit("\n", 1)[-1]
+        elif step.status == "ok" and not step.outputs:
+            line += " · no output"
+        if step.new_files:
+            line += f" · new files: {', '.join(step.new_files)}"
+        self._display({"text/plain": line}, "step", index=step.index, status=step.status)
+
+    def finish(self, trace: Trace | None) -> None:
+        """The run ended (or was stopped): the answer, the cells, the trace bundle, the comm."""
+        if self.finished:
+            return
+        self.finished = True
+        if trace is None:
+            if self.comm:
+                self.comm.close()
+            return
+        if trace.answer:
+            self._display({"text/markdown": trace.answer, "text/plain": trace.answer}, "answer")
+        if self.cells and trace.segments:
+            self._write_cells(trace)
+        steps = len(trace.steps)
+        summary = (
+            f"kernel-bridge · {trace.finish_reason} · {steps} block{'s' * (steps != 1)} · "
+            f"{trace.timings.get('total_s', 0):.1f} s · trace {trace.id} in {self.trace_path}"
+        )
+        display(
+            {TRACE_MIME: trace.to_dict(), "text/plain": summary},
+            raw=True,
+            metadata={TRACE_MIME: {"trace_path": str(self.trace_path)}},
+        )
+        if self.comm:
+            self.comm.add(
+                {
+                    "type": "finished",
+                    "trace_id": trace.id,
+                    "finish_reason": trace.finish_reason,
+                    "answer": trace.answer,
+                    "error": trace.error,
+                    "trace_path": str(self.trace_path),
+                }
+            )
+            self.comm.close()
+
+    def _write_cells(self, trace: Trace) -> None:
+        import nbformat
+
+        notebook = trace.to_notebook()
+        path = Path.cwd() / f"reason-{trace.id[:8]}.ipynb"
+        try:
+            nbformat.write(notebook, str(path))
+        except OSError as e:
+            self._display({"text/plain": f"--cells: could not write {path}: {e}"}, "cells")
+            return
+        cells = notebook.cells[1:] if trace.question is not None else notebook.cells
+        if self.comm:
+            self.comm.add({"type": "cells", "cells": cells}, flush=True)
+        text = f"{len(cells)} cells written to {path.name}"
+        self._display(
+            {
+                "text/markdown": f"{len(cells)} cells written to [{path.name}]({path.name})",
+                "text/plain": text,
+            },
+            "cells",
+            path=str(path),
+        )
+
+
+def _longest_run(text: str, char: str) -> int:
+    longest = run = 0
+    for c in text:
+        run = run + 1 if c == char else 0
+        longest = max(longest, run)
+    return longest
+
+
+# -- the magics ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Options:
+    model: str | None
+    isolated: bool
+    limits: Limits
+    trace_path: Path
+    show: str
+    cells: bool
+    continue_: bool
+    profile: str
+
+
+class _StrictNamespace(dict):  # type: ignore[type-arg]
+    """The notebook's variables for ``{name}`` fields; a missing name is an error, not a guess."""
+
+    def __missing__(self, key: str) -> Any:
+        raise UsageError(
+            f"the question uses {{{key}}}, but the notebook has no variable {key!r}; "
+            "write {{ and }} for literal braces (or %reason_config interpolate=False)"
+        )
+
+
+@magics_class
+class ReasonMagics(Magics):
+    """``%%reason``, ``%reason_config`` and ``%reason_kernel``.
+
+    Every option of ``%%reason`` has a default here, settable with ``%reason_config key=value`` or
+    in IPython's config (``c.ReasonMagics.model = "local"``). The sidecar kernel of ``--isolated``
+    takes ``c.Kernel.*`` settings; shared mode takes ``c.ShellExecutor.*``.
+    """
+
+    model = Unicode(
+        None,
+        allow_none=True,
+        help="Model string ('local', 'hf:ID_OR_PATH', 'scripted:PATH'); None: "
+        "$KERNEL_BRIDGE_MODEL, else the config file, else 'local'.",
+    ).tag(config=True)
+    isolated = Bool(
+        False, help="Run the model's code in a sidecar kernel instead of the notebook's namespace."
+    ).tag(config=True)
+    max_steps = Int(20, help="Most code blocks one run executes.").tag(config=True)
+    max_tokens = Int(8192, help="Most tokens the model writes in one run.").tag(config=True)
+    timeout = Float(30.0, help="Seconds one code block may run.").tag(config=True)
+    time_limit = Float(600.0, help="Seconds one run may take.").tag(config=True)
+    trace = Unicode(
+        "", help="JSONL file the traces are appended to; empty: the CLI's default store."
+    ).tag(config=True)
+    show = Enum(
+        ["all", "answer"], "all", help="'all': thinking, code and outputs; 'answer': the answer."
+    ).tag(config=True)
+    cells = Bool(False, help="Also turn each trace into notebook cells (see --cells).").tag(
+        config=True
+    )
+    profile = Unicode("markdown", help="Code-block format of the model.").tag(config=True)
+    interpolate = Bool(True, help="Fill {name} in the question with notebook variables.").tag(
+        config=True
+    )
+    comm = Bool(True, help="Send live events over the kernel_bridge.trace comm.").tag(config=True)
+
+    _settings = (
+        "model",
+        "isolated",
+        "max_steps",
+        "max_tokens",
+        "timeout",
+        "time_limit",
+        "trace",
+        "show",
+        "cells",
+        "profile",
+        "interpolate",
+        "comm",
+    )
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._loop: LoopThread | None = None
+        self._sidecar: Kernel | None = None
+        # Samplers by model string, kept so a model loads once per session. Put a sampler object
+        # of your own here to use it as ``%%reason --model NAME``.
+        self.samplers: dict[str, Any] = {}
+        self.history: list[tuple[str, Trace]] = []  # (question, trace) of this session's runs
+        atexit.register(self.close)
+
+    # -- %%reason -----------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("--model", "-m", default=None, help="model string (see %%reason_config)")
+    @argument(
+        "--isolated",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the code in a sidecar kernel, not the notebook's namespace",
+    )
+    @argument("--max-steps", type=int, default=None, help="most code blocks to run")
+    @argument("--max-tokens", type=int, default=None, help="most model tokens")
+    @argument("--timeout", type=float, default=None, help="seconds per code block")
+    @argument("--time-limit", type=float, default=None, help="seconds for the whole run")
+    @argument("--trace", default=None, metavar="FILE", help="JSONL file to append the trace to")
+    @argument("--show", choices=["all", "answer"], default=None, help="what the cell shows")
+    @argument(
+        "--cells",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="turn the trace into notebook cells",
+    )
+    @argument(
+        "--continue",
+        dest="continue_",
+        action="store_true",
+        help="prepend this session's earlier %%%%reason exchanges",
+    )
+    @argument("--profile", default=None, help="code-block format of the model")
+    @cell_magic
+    def reason(self, line: str, cell: str) -> None:
+        """Think about the question in the cell with a live Python kernel.
+
+        The cell body is the question; ``{name}`` fills in the notebook variable ``name``
+        (``{{``/``}}`` for literal braces). The model's code runs in this notebook's namespace
+        unless ``--isolated``.
+        """
+        try:
+            args = parse_argstring(self.reason, line)
+            options = self._options(args)
+            question = self._question(cell)
+            sampler = self._sampler(options.model)
+            self._run(options, question, sampler)
+        except KeyboardInterrupt:
+            raise ReasonError("interrupted before the run started") from None
+
+    def _options(self, args: argparse.Namespace) -> _Options:
+        def pick(name: str) -> Any:
+            value = getattr(args, name)
+            return getattr(self, name) if value is None else value
+
+        try:
+            limits = Limits(
+                max_steps=pick("max_steps"),
+                max_tokens=pick("max_tokens"),
+                step_timeout=pick("timeout"),
+                time_limit=pick("time_limit"),
+            )
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        trace = pick("trace")
+        if trace:
+            trace_path = Path(trace).expanduser()
+        else:
+            from kernel_bridge.cli import default_trace_path
+
+            trace_path = default_trace_path()
+        profile = pick("profile")
+        from kernel_bridge.parsing import get_profile
+
+        try:
+            get_profile(profile)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        return _Options(
+            model=pick("model"),
+            isolated=bool(pick("isolated")),
+            limits=limits,
+            trace_path=trace_path,
+            show=pick("show"),
+            cells=bool(pick("cells")),
+            continue_=args.continue_,
+            profile=profile,
+        )
+
+    def _question(self, cell: str) -> str:
+        question = cell.strip()
+        if not question:
+            raise UsageError("write the question in the cell, below the %%reason line")
+        if not self.interpolate:
+            return question
+        try:
+            namespace = _StrictNamespace(self.shell.user_ns if self.shell else {})
+            return string.Formatter().vformat(question, (), namespace)
+        except UsageError:
+            raise
+        except (ValueError, IndexError, KeyError, AttributeError, TypeError) as e:
+            raise UsageError(
+                f"cannot fill in the question's {{…}} fields ({type(e).__name__}: {e}); "
+                "write {{ and }} for literal braces (or %reason_config interpolate=False)"
+            ) from None
+
+    def _sampler(self, model: str | None) -> Any:
+        from kernel_bridge.samplers import ModelSpecError, make_sampler, resolve_model
+
+        try:
+            name = resolve_model(model).strip()
+            if name in self.samplers:
+                return self.samplers[name]
+            sampler = make_sampler(name)
+        except (ModelSpecError, FileNotFoundError) as e:
+            raise UsageError(str(e)) from None
+        except Exception as e:  # a model that fails to load: one line, not a traceback
+            raise ReasonError(f"cannot load model {model!r}: {type(e).__name__}: {e}") from None
+        if not name.startswith("scripted:"):  # scripts are re-read, so edits take effect
+            self.samplers[name] = sampler
+        return sampler
+
+    def _messages(self, question: str, continue_: bool) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        if continue_:
+            for previous, trace in self.history:
+                if trace.text:
+                    messages.append({"role": "user", "content": previous})
+                    messages.append({"role": "assistant", "content": trace.text})
+        messages.append({"role": "user", "content": question})
+        return messages
+
+    def _run(self, options: _Options, question: str, sampler: Any) -> None:
+        """One run: the Reasoner on the loop thread, this (main) thread shows and executes."""
+        options.trace_path.parent.mkdir(parents=True, exist_ok=True)
+        loop = self._loop_thread()
+        mailbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        executor: Any
+        if options.isolated:
+            executor = self._sidecar_kernel()
+        else:
+            executor = ShellExecutor(
+                self.shell,
+                submit=lambda job: mailbox.put(("job", job)),
+                parent=self,
+                echo=options.show == "all",
+            )
+        try:
+            reasoner = Reasoner(
+                sampler,
+                executor,
+                profile=options.profile,
+                limits=options.limits,
+                store=options.trace_path,
+            )
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        renderer = CellRenderer(
+            show=options.show,
+            live_outputs=not options.isolated,
+            trace_path=options.trace_path,
+            mode="isolated" if options.isolated else "shared",
+            cells=options.cells,
+            comm=self.comm,
+        )
+        messages = self._messages(question, options.continue_)
+
+        async def produce() -> None:
+            async for event in reasoner.stream(messages):
+                mailbox.put(("event", event))
+
+        async def start() -> asyncio.Task[None]:
+            task = asyncio.get_running_loop().create_task(produce())
+            task.add_done_callback(lambda t: mailbox.put(("done", t)))
+            return task
+
+        task = loop.run(start())
+        stopped = self._serve(
+            mailbox, renderer, lambda: loop.loop.call_soon_threadsafe(task.cancel)
+        )
+        trace = reasoner.trace
+        try:
+            renderer.finish(trace)
+        except KeyboardInterrupt:
+            stopped = True
+        if trace is not None:
+            self.history.append((question, trace))
+        self._report(trace, task if task.done() else None, stopped, options.trace_path)
+
+    def _serve(
+        self, mailbox: queue.Queue[tuple[str, Any]], renderer: CellRenderer, cancel: Any
+    ) -> bool:
+        """Show events and run blocks on this thread until the run is done; True if stopped."""
+        stopped = False
+        give_up = float("inf")
+        while True:
+            try:
+                try:
+                    kind, item = mailbox.get(timeout=0.1)
+                except queue.Empty:
+                    if time.monotonic() > give_up:
+                        return stopped
+                    renderer.idle()
+                    continue
+                if kind == "done":
+                    return stopped
+                if kind == "job":
+                    job: ShellJob = item
+                    job.cancel() if stopped else job.run()
+                else:
+                    renderer.handle(item)
+            except KeyboardInterrupt:
+                if not stopped:
+                    stopped = True
+                    give_up = time.monotonic() + STOP_WAIT_S
+                    cancel()
+
+    def _report(
+        self, trace: Trace | None, task: asyncio.Task[None] | None, stopped: bool, path: Path
+    ) -> None:
+        """End the cell: quietly for a finished run, with one error line otherwise."""
+        failure = task.exception() if task is not None and not task.cancelled() else None
+        if failure is not None or trace is None:
+            raise ReasonError(f"the run failed: {type(failure).__name__}: {failure}")
+        where = f"trace {trace.id} saved to {path}"
+        if trace.finish_reason is None:  # still winding down after STOP_WAIT_S
+            raise ReasonError(
+                f"interrupted; the run is still stopping, trace {trace.id} goes to {path}"
+            )
+        if trace.finish_reason == "interrupted":
+            raise ReasonError(f"interrupted; {where}")
+        if trace.finish_reason == "error":
+            raise ReasonError(f"{trace.error}; {where}")
+
+    # -- the sidecar kernel and the loop thread -----------------------------------------------
+
+    def _loop_thread(self) -> LoopThread:
+        if self._loop is None:
+            self._loop = LoopThread()
+        return self._loop
+
+    def _sidecar_kernel(self) -> Kernel:
+        """The notebook's sidecar kernel (started by the first run that needs it)."""
+        if self._sidecar is None:
+            options: dict[str, Any] = {}
+            if "workspace" not in self.config.get("Kernel", {}):
+                options["workspace"] = os.getcwd()  # the notebook's files, e.g. its data
+            self._sidecar = Kernel(parent=self, **options)
+        return self._sidecar
+
+    @line_magic
+    def reason_kernel(self, line: str) -> None:
+        """``%reason_kernel status|restart|shutdown``: the sidecar kernel of ``--isolated``."""
+        action = line.strip() or "status"
+        kernel = self._sidecar
+        if action == "status":
+            if kernel is None or not kernel.started:
+                print("sidecar kernel: not started (the first %%reason --isolated starts it)")
+            else:
+                print(
+                    f"sidecar kernel: running, pid {kernel.pid}, workspace {kernel.workspace_path}"
+                )
+            return
+        try:
+            if action == "restart":
+                kernel = self._sidecar_kernel()
+                loop = self._loop_thread()
+                loop.run(kernel.restart() if kernel.started else kernel.start())
+                print("sidecar kernel restarted: its variables are gone")
+            elif action in ("shutdown", "stop"):
+                if kernel is not None and self._loop is not None:
+                    self._loop.run(kernel.shutdown())
+                self._sidecar = None
+                print("sidecar kernel shut down")
+            else:
+                raise UsageError(
+                    f"%reason_kernel takes status, restart or shutdown, not {action!r}"
+                )
+        except KeyboardInterrupt:
+            raise ReasonError(f"interrupted during %reason_kernel {action}") from None
+        except (RuntimeError, OSError) as e:
+            raise ReasonError(f"%reason_kernel {action} failed: {e}") from None
+
+    # -- %reason_config -----------------------------------------------------------------------
+
+    @line_magic
+    def reason_config(self, line: str) -> None:
+        """``%reason_config key=value ...`` sets defaults of ``%%reason``; alone, lists them."""
+        tokens = arg_split(line)
+        traits: dict[str, Any] = self.traits()
+        if not tokens:
+            for name in self._settings:
+                print(f"{name} = {getattr(self, name)!r}  # {traits[name].help}")
+            return
+        updates = {}
+        for token in tokens:
+            key, sep, value = token.partition("=")
+            name = key.strip().replace("-", "_")
+            if not sep:
+                raise UsageError(f"%reason_config takes key=value, got {token!r}")
+            if name not in self._settings:
+                raise UsageError(
+                    f"no setting {key!r}; the settings are: {', '.join(self._settings)}"
+                )
+            trait = traits[name]
+            try:
+                updates[name] = trait.validate(self, trait.from_string(value))
+            except (TraitError, ValueError) as e:
+                raise UsageError(f"{key}={value}: {e}") from None
+        for name, value in updates.items():
+            setattr(self, name, value)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Shut the sidecar kernel down and stop the loop thread (at exit, or on unload)."""
+        loop, self._loop = self._loop, None
+        kernel, self._sidecar = self._sidecar, None
+        if loop is None:
+            return
+        if kernel is not None:
+            future = asyncio.run_coroutine_threadsafe(kernel.shutdown(), loop.loop)
+            with contextlib.suppress(Exception):
+                future.result(timeout=10)
+        loop.close()
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext kernel_bridge``: ``%%reason``, ``%reason_config`` and ``%reason_kernel``."""
+    ipython.register_magics(ReasonMagics(shell=ipython))
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext kernel_bridge``: shuts the sidecar down and removes the magics."""
+    manager = ipython.magics_manager
+    magics = manager.registry.pop("ReasonMagics", None)
+    if magics is not None:
+        atexit.unregister(magics.close)
+        magics.close()
+    manager.magics["cell"].pop("reason", None)
+    manager.magics["line"].pop("reason_config", None)
+    manager.magics["line"].pop("reason_kernel", None)
+
+
+__all__ = [
+    "COMM_TARGET",
+    "TRACE_MIME",
+    "CellRenderer",
+    "ReasonError",
+    "ReasonMagics",
+    "TraceComm",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]

@@ -1,0 +1,456 @@
+"""The %%reason magic in a real notebook kernel, driven through nbclient with scripted models.
+
+One kernel serves the whole module, as one notebook would: cells run one after another, and each
+test reads the outputs its cells produced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import psutil
+import pytest
+from jupyter_core.utils import run_sync
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+
+from kernel_bridge.magic import COMM_TARGET, TRACE_MIME
+from kernel_bridge.trace import Trace, load_traces
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+pytestmark = pytest.mark.slow
+
+
+def script(name: str) -> str:
+    return f"scripted:{SCRIPTS / name}"
+
+
+class CommRecorder:
+    """Stands in for the JupyterLab extension: records what arrives on the trace comm."""
+
+    def __init__(self, log: list[dict[str, Any]], open_msg: dict[str, Any]) -> None:
+        self.log = log
+        log.append({"open": open_msg["content"]["data"]})
+
+    def handle_msg(self, msg: dict[str, Any]) -> None:
+        self.log.extend(msg["content"]["data"]["events"])
+
+
+class Notebook:
+    """A notebook whose cells run one at a time in a live kernel, as a user runs them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nb = new_notebook()
+        self.client = NotebookClient(
+            self.nb,
+            kernel_name="python3",
+            timeout=60,
+            allow_errors=True,
+            resources={"metadata": {"path": str(root)}},
+        )
+        self.comm_log: list[dict[str, Any]] = []
+        self.client.comm_open_handlers[COMM_TARGET] = lambda msg: CommRecorder(self.comm_log, msg)
+        handle_comm_msg = self.client.handle_comm_msg
+
+        def record_close(outs: Any, msg: dict[str, Any], index: int) -> None:
+            if msg["msg_type"] == "comm_close":  # nbclient passes only comm_msg to handlers
+                self.comm_log.append({"closed": msg["content"]["comm_id"]})
+            handle_comm_msg(outs, msg, index)
+
+        self.client.handle_comm_msg = record_close  # type: ignore[method-assign]
+
+    def run(self, source: str) -> nbformat.NotebookNode:
+        cell = new_code_cell(source)
+        self.nb.cells.append(cell)
+        self.comm_log.clear()
+        self.client.execute_cell(cell, len(self.nb.cells) - 1)
+        return cell
+
+    def interrupt_after(self, seconds: float) -> threading.Timer:
+        """Press the Stop button (the kernel manager's interrupt) after ``seconds``."""
+        timer = threading.Timer(seconds, lambda: run_sync(self.client.km.interrupt_kernel)())
+        timer.start()
+        return timer
+
+    def reason(self, options: str, question: str) -> nbformat.NotebookNode:
+        return self.run(f"%%reason {options}\n{question}")
+
+
+@pytest.fixture(scope="module")
+def notebook(tmp_path_factory):
+    root = tmp_path_factory.mktemp("notebook")
+    env = {**os.environ, "KERNEL_BRIDGE_HOME": str(root / "home")}
+    env.pop("KERNEL_BRIDGE_MODEL", None)
+    nb = Notebook(root)
+    with nb.client.setup_kernel(env=env, cwd=str(root)):
+        assert not nb.run("%load_ext kernel_bridge").outputs
+        nb.run("data = [1, 2, 3]")
+        yield nb
+
+
+@pytest.fixture
+def trace_file(tmp_path) -> Path:
+    return tmp_path / "traces.jsonl"
+
+
+def last_trace(path: Path) -> Trace:
+    traces = load_traces(path)
+    assert traces, f"no trace in {path}"
+    return traces[-1]
+
+
+def summary(cell) -> list[str]:
+    """Each output as one short label: ``stdout:<text>``, ``code``, ``step:ok``, ``answer``, ..."""
+    labels = []
+    for out in cell.outputs:
+        if out.output_type == "stream":
+            labels.append(f"{out.name}:{out.text}")
+        elif out.output_type == "error":
+            labels.append(f"error:{out.evalue}")
+        else:
+            meta = out.get("metadata", {}).get("kernel_bridge", {})
+            if meta.get("kind") == "step":
+                labels.append(f"step:{meta['status']}")
+            elif meta:
+                labels.append(meta["kind"])
+            elif TRACE_MIME in out.data:
+                labels.append("trace")
+            else:
+                labels.append(f"display:{sorted(out.data)}")
+    return labels
+
+
+def printed(cell) -> str:
+    """What a plain cell printed (for checking the notebook's state)."""
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+# -- what the cell shows ---------------------------------------------------------------------
+
+
+def test_outputs_appear_in_order_thinking_code_real_output_answer(notebook, trace_file):
+    cell = notebook.reason(f"--model {script('magic_rich.txt')} --trace {trace_file}", "Rows?")
+    assert summary(cell) == [
+        "stdout:First the squares, then a small table.\n",
+        "code",
+        "stdout:squares: [1, 4, 9]\n",
+        "display:['text/html', 'text/plain']",
+        "display:['text/plain']",  # the block's last value
+        "step:ok",
+        "stdout:So there are three rows.\n",
+        "answer",
+        "trace",
+    ]
+    code, html, value = cell.outputs[1], cell.outputs[3], cell.outputs[4]
+    assert code.data["text/markdown"].startswith("```python\nprint(")
+    assert html.data["text/html"] == "<b>a bold table</b>"
+    assert value.data["text/plain"] == "{'rows': 3}"
+    assert cell.outputs[7].data["text/markdown"] == "There are **3** rows."
+    # The model read the same outputs as text; the trace keeps them as notebook outputs.
+    step = last_trace(trace_file).steps[0]
+    assert step.output_text == (
+        "squares: [1, 4, 9]\n<IPython.core.display.HTML object>\n{'rows': 3}"
+    )
+    assert [o["output_type"] for o in step.outputs] == ["stream", "display_data", "execute_result"]
+
+
+def test_trace_bundle_ends_the_cell_and_matches_the_saved_trace(notebook, trace_file):
+    cell = notebook.reason(f"--model {script('magic_shared.txt')} --trace {trace_file}", "Total?")
+    bundle = cell.outputs[-1]
+    saved = last_trace(trace_file)
+    assert bundle.data[TRACE_MIME]["id"] == saved.id
+    assert Trace.from_dict(bundle.data[TRACE_MIME]).answer == saved.answer
+    assert saved.finish_reason == "answer"
+    assert saved.id in bundle.data["text/plain"] and "\n" not in bundle.data["text/plain"]
+    # Saved as a notebook, the cell keeps only plain outputs a reader without the extension sees.
+    nbformat.validate(notebook.nb)
+
+
+def test_traces_go_to_the_default_store_without_trace_option(notebook):
+    cell = notebook.reason(f"--model {script('magic_shared.txt')}", "Total?")
+    store = notebook.root / "home" / "traces.jsonl"
+    assert last_trace(store).id == cell.outputs[-1].data[TRACE_MIME]["id"]
+
+
+def test_show_answer_hides_thinking_code_and_outputs(notebook, trace_file):
+    cell = notebook.reason(
+        f"--show answer --model {script('magic_rich.txt')} --trace {trace_file}", "Rows?"
+    )
+    assert summary(cell) == ["answer", "trace"]
+    assert last_trace(trace_file).steps[0].output_text.startswith("squares: [1, 4, 9]")
+
+
+# -- the namespace ---------------------------------------------------------------------------
+
+
+def test_namespace_is_shared_with_the_notebook(notebook, trace_file):
+    notebook.run("data = [1, 2, 3]")
+    cell = notebook.reason(f"--model {script('magic_shared.txt')} --trace {trace_file}", "Sum?")
+    assert "stdout:total: 6\n" in summary(cell)  # the model's code used the user's `data`
+    assert printed(notebook.run("print(total)")) == "6\n"  # and left `total` for the user
+
+
+def test_isolated_runs_in_a_sidecar_that_persists_across_cells(notebook, trace_file):
+    first = notebook.reason(
+        f"--isolated --model {script('magic_isolated_set.txt')} --trace {trace_file}", "Set."
+    )
+    assert "stdout:set\n" in summary(first)
+    second = notebook.reason(
+        f"--isolated --model {script('magic_isolated_get.txt')} --trace {trace_file}", "Get."
+    )
+    assert second.outputs[2].data["text/plain"] == "42"  # the sidecar kept secret_iso
+    assert last_trace(trace_file).steps[0].output_text == "42"
+    check = notebook.run("print('secret_iso' in globals())")
+    assert printed(check) == "False\n"  # ... and the notebook never saw it
+    status = printed(notebook.run("%reason_kernel status"))
+    assert status.startswith("sidecar kernel: running, pid ")
+
+
+def test_errors_in_the_models_code_are_shown_and_reach_the_model(notebook, trace_file):
+    cell = notebook.reason(f"--model {script('magic_error.txt')} --trace {trace_file}", "Divide.")
+    labels = summary(cell)
+    assert labels.count("step:error") == 2 and labels[-2:] == ["answer", "trace"]
+    tracebacks = [o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert "ZeroDivisionError" in tracebacks[0]
+    first, second = last_trace(trace_file).steps
+    assert first.output_text.splitlines()[-1] == "ZeroDivisionError: division by zero"
+    assert "StdinDisabledError: input() is not available" in second.output_text
+    restored = printed(notebook.run("import builtins\nprint(builtins.input.__name__)"))
+    assert restored and "_no_input" not in restored  # the user's input() works again
+
+
+# -- stopping ----------------------------------------------------------------------------------
+
+
+def test_stop_button_interrupts_the_block_and_saves_the_trace(notebook, trace_file):
+    notebook.run("keep_me = 'still here'")
+    timer = notebook.interrupt_after(1.0)
+    t0 = time.monotonic()
+    cell = notebook.reason(f"--model {script('magic_sleep.txt')} --trace {trace_file}", "Sleep.")
+    elapsed = time.monotonic() - t0
+    timer.join()
+    assert elapsed < 3.0, f"the run took {elapsed:.1f} s to stop"
+    errors = [o for o in cell.outputs if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0].traceback == [f"kernel-bridge: {errors[0].evalue}"]
+    assert errors[0].evalue.startswith("interrupted; trace ")
+    trace = last_trace(trace_file)
+    assert trace.finish_reason == "interrupted"
+    assert trace.id in errors[0].evalue
+    # The kernel is fine and the notebook's variables are intact.
+    assert printed(notebook.run("print(keep_me, 1 + 1)")) == "still here 2\n"
+
+
+def test_stop_button_interrupts_generation(notebook, trace_file):
+    notebook.run(
+        "from kernel_bridge.samplers.scripted import ScriptedSampler\n"
+        "magics = get_ipython().magics_manager.registry['ReasonMagics']\n"
+        "magics.samplers['slow'] = ScriptedSampler(\n"
+        "    '<think>\\n' + 'thinking slowly. ' * 400, chunk_size=4, delay=0.01)"
+    )
+    timer = notebook.interrupt_after(1.0)
+    t0 = time.monotonic()
+    cell = notebook.reason(f"--model slow --trace {trace_file}", "Think.")
+    elapsed = time.monotonic() - t0
+    timer.join()
+    assert elapsed < 2.5, f"generation took {elapsed:.1f} s to stop"
+    labels = summary(cell)
+    assert labels[0].startswith("stdout:thinking slowly.")
+    assert labels[-1].startswith("error:interrupted; trace ")
+    trace = last_trace(trace_file)
+    assert trace.finish_reason == "interrupted"
+    assert 0 < len(trace.text) < len("thinking slowly. ") * 400
+
+
+def test_stop_button_interrupts_a_sidecar_block(notebook, trace_file):
+    notebook.run("%reason_kernel restart")  # a warm sidecar, as after earlier runs
+    timer = notebook.interrupt_after(1.0)
+    t0 = time.monotonic()
+    cell = notebook.reason(
+        f"--isolated --model {script('magic_sleep.txt')} --trace {trace_file}", "Sleep."
+    )
+    timer.join()
+    assert time.monotonic() - t0 < 5.0
+    assert summary(cell)[-1].startswith("error:interrupted; trace ")
+    assert last_trace(trace_file).finish_reason == "interrupted"
+
+
+def test_timeout_in_shared_mode_stops_loops_and_sleeps_and_keeps_variables(notebook, trace_file):
+    notebook.run("data = [1, 2, 3]")
+    t0 = time.monotonic()
+    cell = notebook.reason(
+        f"--timeout 1 --model {script('magic_timeout.txt')} --trace {trace_file}", "Spin."
+    )
+    assert time.monotonic() - t0 < 6.0
+    assert [x for x in summary(cell) if x.startswith("step:")] == [
+        "step:timeout",
+        "step:timeout",
+        "step:ok",
+    ]
+    trace = last_trace(trace_file)
+    assert trace.finish_reason == "answer"
+    assert trace.steps[0].output_text.endswith("[timed out after 1 s and interrupted]")
+    assert "KeyboardInterrupt" in trace.steps[1].output_text  # where the sleep was stopped
+    assert trace.steps[2].output_text == "still here True"
+    assert printed(notebook.run("print(data, spins > 0)")) == "[1, 2, 3] True\n"
+
+
+# -- errors a user can make ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ("--bogus", "UsageError: unrecognized arguments: --bogus"),
+        ("--max-steps 0", "UsageError: Limits.max_steps must be positive, got 0"),
+        ("--show sideways", "UsageError: argument --show: invalid choice: 'sideways'"),
+        ("--model nope:x", "UsageError: no sampler for model 'nope:x'"),
+        ("--model scripted:/no/such/script.txt", "UsageError: cannot read the script"),
+    ],
+)
+def test_a_bad_option_gives_exactly_one_error_line(notebook, options, message):
+    cell = notebook.reason(options, "Anything.")
+    assert len(cell.outputs) == 1
+    text = cell.outputs[0].text
+    assert text.startswith(message) and text.count("\n") == 1
+
+
+def test_interpolation_fills_names_attributes_and_items(notebook, trace_file):
+    notebook.run("data = [1, 2, 3]\nlabel = 'my list'\nconfig = {'n': 5}")
+    notebook.reason(
+        f"--model {script('magic_shared.txt')} --trace {trace_file}",
+        "Sum {label} {data} with n={config[n]} and {label.upper}? Keep {{braces}}.",
+    )
+    question = last_trace(trace_file).question
+    assert question is not None
+    assert question.startswith("Sum my list [1, 2, 3] with n=5 and <built-in method upper")
+    assert question.endswith("Keep {braces}.")
+
+
+def test_a_missing_variable_is_one_error_line(notebook):
+    cell = notebook.reason(f"--model {script('magic_shared.txt')}", "Sum {no_such_name}.")
+    assert [o.text for o in cell.outputs] == [
+        "UsageError: the question uses {no_such_name}, but the notebook has no variable "
+        "'no_such_name'; write {{ and }} for literal braces (or %reason_config "
+        "interpolate=False)\n"
+    ]
+
+
+# -- configuration, continuation, cells, comm ------------------------------------------------
+
+
+def test_reason_config_sets_defaults_for_later_cells(notebook, trace_file):
+    notebook.run(
+        f"%reason_config model={script('magic_shared.txt')} show=answer trace={trace_file}"
+    )
+    try:
+        cell = notebook.reason("", "Total?")
+        assert summary(cell) == ["answer", "trace"]
+        assert last_trace(trace_file).model == script("magic_shared.txt")
+        bad = notebook.run("%reason_config show=sideways")
+        assert len(bad.outputs) == 1 and bad.outputs[0].text.startswith("UsageError: show=")
+        listing = printed(notebook.run("%reason_config"))
+        assert "show = 'answer'" in listing
+    finally:
+        notebook.run("%reason_config model=None show=all trace=''")
+
+
+def test_traitlets_config_reaches_the_magic(notebook, trace_file):
+    notebook.run("get_ipython().config.ReasonMagics.max_steps = 1\n%reload_ext kernel_bridge")
+    try:
+        notebook.reason(f"--model {script('magic_timeout.txt')} --trace {trace_file}", "Spin.")
+        trace = last_trace(trace_file)
+        assert trace.finish_reason == "max_steps" and len(trace.steps) == 1
+    finally:
+        notebook.run(
+            "del get_ipython().config.ReasonMagics['max_steps']\n%reload_ext kernel_bridge"
+        )
+
+
+def test_continue_prepends_the_earlier_exchanges(notebook, trace_file):
+    notebook.run("data = [1, 2, 3]")
+    notebook.reason(f"--model {script('magic_shared.txt')} --trace {trace_file}", "Total, please.")
+    first = last_trace(trace_file)
+    notebook.reason(
+        f"--continue --model {script('magic_followup.txt')} --trace {trace_file}", "Double it."
+    )
+    second = last_trace(trace_file)
+    turns = [(m["role"], m["content"]) for m in second.messages if m["role"] != "system"]
+    assert ("user", "Total, please.") in turns
+    assert ("assistant", first.text) in turns
+    assert turns[-1] == ("user", "Double it.")
+    assert second.steps[0].output_text == "12"
+    alone = notebook.reason(
+        f"--model {script('magic_followup.txt')} --trace {trace_file}", "Again."
+    )
+    assert alone.outputs  # without --continue, only the examples and the question
+    assert ("user", "Total, please.") not in [
+        (m["role"], m["content"]) for m in last_trace(trace_file).messages
+    ]
+
+
+def test_cells_become_a_notebook_and_go_over_the_comm(notebook, trace_file):
+    cell = notebook.reason(
+        f"--cells --model {script('magic_shared.txt')} --trace {trace_file}", "Total?"
+    )
+    trace = last_trace(trace_file)
+    written = notebook.root / f"reason-{trace.id[:8]}.ipynb"
+    exported = nbformat.read(written, as_version=4)
+    assert [c.cell_type for c in exported.cells] == [
+        "markdown",
+        "markdown",
+        "code",
+        "markdown",
+        "markdown",
+    ]
+    assert exported.cells[2].outputs[0]["text"] == "total: 6\n"
+    assert "cells" in summary(cell)
+    sent = next(e for e in notebook.comm_log if e.get("type") == "cells")
+    assert [c["cell_type"] for c in sent["cells"]] == [c.cell_type for c in exported.cells[1:]]
+
+
+def test_comm_carries_compact_batched_events(notebook, trace_file):
+    notebook.reason(f"--model {script('magic_rich.txt')} --trace {trace_file}", "Rows?")
+    log = notebook.comm_log
+    trace = last_trace(trace_file)
+    assert log[0]["open"]["trace_id"] == trace.id and log[0]["open"]["mode"] == "shared"
+    assert "closed" in log[-1]
+    types = [e["type"] for e in log[1:-1]]
+    assert types[-1] == "finished" and log[-2]["finish_reason"] == "answer"
+    assert types.index("code") < types.index("step_started") < types.index("output")
+    assert types.index("output") < types.index("step_finished")
+    think = "".join(e["text"] for e in log[1:-1] if e["type"] == "text" and e["section"] == "think")
+    assert think.strip().startswith("First the squares") and "three rows" in think
+    # Batched: far fewer messages than the 16-character deltas the model streamed.
+    assert len([e for e in log[1:-1] if e["type"] == "text"]) < 10
+
+
+def test_unload_shuts_the_sidecar_down(notebook):
+    notebook.run("%reason_kernel restart")
+    notebook.run("%unload_ext kernel_bridge")
+    gone = notebook.run("%%reason\nx")
+    assert "Cell magic `%%reason` not found" in json.dumps([dict(o) for o in gone.outputs])
+    notebook.run("%load_ext kernel_bridge")
+    status = printed(notebook.run("%reason_kernel status"))
+    assert status.startswith("sidecar kernel: not started")
+
+
+def test_the_sidecar_is_shut_down_with_the_notebook_kernel(tmp_path):
+    nb = Notebook(tmp_path)
+    env = {**os.environ, "KERNEL_BRIDGE_HOME": str(tmp_path / "home")}
+    with nb.client.setup_kernel(env=env, cwd=str(tmp_path)):
+        nb.run("%load_ext kernel_bridge\n%reason_kernel restart")
+        status = printed(nb.run("%reason_kernel status"))
+        pid = int(status.split("pid ")[1].split(",")[0])
+        assert psutil.pid_exists(pid)
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the sidecar kernel outlived its notebook kernel"
+        time.sleep(0.1)
