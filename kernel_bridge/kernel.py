@@ -80,6 +80,17 @@ def scrub_environment(env: dict[str, str], allow: Iterable[str] = ()) -> dict[st
     return {k: v for k, v in env.items() if k in allowed or not SECRET_NAME_RE.search(k)}
 
 
+async def queue_get(queue: asyncio.Queue[T], timeout: float) -> T:
+    """The next item, at once if one is waiting; TimeoutError after ``timeout`` s (0: no wait)."""
+    try:
+        return queue.get_nowait()
+    except asyncio.QueueEmpty:
+        if timeout <= 0:
+            raise TimeoutError from None
+    async with asyncio.timeout(timeout):
+        return await queue.get()
+
+
 class Transport(Protocol):
     """How ``Kernel`` talks to one kernel process, wherever it runs."""
 
@@ -183,13 +194,7 @@ class LocalTransport:
         )
 
     async def next_message(self, timeout: float) -> tuple[str, dict[str, Any]]:
-        try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            if timeout <= 0:
-                raise TimeoutError from None
-        async with asyncio.timeout(timeout):
-            return await self._queue.get()
+        return await queue_get(self._queue, timeout)
 
     async def interrupt(self) -> None:
         await self.km.interrupt_kernel()

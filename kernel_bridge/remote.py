@@ -18,7 +18,7 @@ from jupyter_client.session import Session
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from kernel_bridge.kernel import KernelError
+from kernel_bridge.kernel import KernelError, queue_get
 
 
 class RemoteTransport:
@@ -144,13 +144,7 @@ class RemoteTransport:
         )
 
     async def next_message(self, timeout: float) -> tuple[str, dict[str, Any]]:
-        try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            if timeout <= 0:
-                raise TimeoutError from None
-        async with asyncio.timeout(timeout):
-            return await self._queue.get()
+        return await queue_get(self._queue, timeout)
 
     async def interrupt(self) -> None:
         await self._request("POST", f"/api/kernels/{self.kernel_id}/interrupt")
