@@ -194,6 +194,10 @@ class _Run:
             messages=messages,
             profile=reasoner.profile.name,
         )
+        prompt_ids = getattr(sampler, "prompt_ids", None)  # local samplers know their prompt ids
+        if prompt_ids is not None:
+            self.trace.prompt_token_ids = list(prompt_ids(messages))
+            self.trace.usage.prompt_tokens = len(self.trace.prompt_token_ids)
         self.parser = StreamParser(reasoner.profile, start_section=reasoner.start_section)  # type: ignore[arg-type]
         self.t0 = time.monotonic()
         self.deadline = self.t0 + self.limits.time_limit

@@ -34,6 +34,9 @@ class TurnsSamplerStandIn:
     def params(self) -> dict[str, Any]:
         return {"chunk_size": self.chunk_size}
 
+    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        return [ord(c) for m in messages for c in f"<{m['role']}>{m['content']}"]
+
     def encode(self, text: str) -> list[int] | None:
         return [ord(c) for c in text] if self.token_ids else None
 

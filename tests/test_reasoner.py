@@ -250,6 +250,8 @@ async def test_trace_keeps_the_samplers_own_token_ids(kernel):
             return [0]
 
     view = trace.training_view(CharTokenizerStandIn())
+    assert view.prompt_ids == sampler.prompt_ids(trace.messages) == trace.prompt_token_ids
+    assert trace.usage.prompt_tokens == len(view.prompt_ids)
     tool_ids = [ord(c) for c in trace.segments[1].text]
     assert view.completion_ids == sampler.emitted_ids[0] + tool_ids + sampler.emitted_ids[1]
     assert view.mask == [1] * len(sampler.emitted_ids[0]) + [0] * len(tool_ids) + [1] * len(
