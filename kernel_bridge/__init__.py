@@ -17,6 +17,11 @@ _EXPORTS = {
     "Kernel": "kernel_bridge.kernel",
     "KernelError": "kernel_bridge.kernel",
     "KernelPool": "kernel_bridge.kernel",
+    "Limits": "kernel_bridge.reasoner",
+    "Reasoner": "kernel_bridge.reasoner",
+    "Trace": "kernel_bridge.trace",
+    "TraceStore": "kernel_bridge.trace",
+    "make_sampler": "kernel_bridge.samplers",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
