@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from nbformat import NotebookNode
 from traitlets import Bool, Dict, Float, Int, List, Unicode
 from traitlets.config import LoggingConfigurable
 
-from kernel_bridge.outputs import HeadTail, OutputCollector
+from kernel_bridge.outputs import OutputCollector
 
 Status = Literal["ok", "error", "timeout", "died"]
 T = TypeVar("T")
@@ -743,19 +742,9 @@ class KernelPool:
         await self.close()
 
 
-def kill_process_tree(pid: int) -> None:
-    """SIGKILL a process and its descendants (used when a kernel must not outlive its owner)."""
-    with contextlib.suppress(psutil.Error):
-        proc = psutil.Process(pid)
-        for p in [*proc.children(recursive=True), proc]:
-            with contextlib.suppress(psutil.Error):
-                p.send_signal(signal.SIGKILL)
-
-
 __all__ = [
     "BlockingKernel",
     "ExecutionResult",
-    "HeadTail",
     "Kernel",
     "KernelError",
     "KernelPool",
