@@ -33,10 +33,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from nbformat import NotebookNode
-from traitlets import Bool, Float, Int
-from traitlets.config import LoggingConfigurable
+from traitlets import Bool, Float
 
-from kernel_bridge.kernel import ExecutionResult, Status, _append_note, _check_code
+from kernel_bridge.kernel import BlockSettings, ExecutionResult, Status, _append_note, _check_code
 from kernel_bridge.outputs import OutputCollector
 
 OnOutput = Callable[[NotebookNode], None]
@@ -70,7 +69,7 @@ def _no_input(*args: Any, **kwargs: Any) -> str:
     )
 
 
-class ShellExecutor(LoggingConfigurable):
+class ShellExecutor(BlockSettings):
     """Runs blocks in an IPython shell's own namespace, on the main thread, like a cell would.
 
     Outputs (stdout/stderr, displays such as figures and DataFrame HTML, the last expression's
@@ -80,15 +79,8 @@ class ShellExecutor(LoggingConfigurable):
     it, ``execute()`` must be awaited on the main thread itself (e.g. from a top-level ``await``).
     """
 
-    timeout = Float(30.0, help="Seconds a block may run before it is interrupted.").tag(config=True)
     interrupt_grace = Float(
         3.0, help="Seconds between repeated interrupts of a block that outlives its deadline."
-    ).tag(config=True)
-    output_cap = Int(2000, help="Characters of output the model reads (head and tail).").tag(
-        config=True
-    )
-    store_cap = Int(
-        200_000, help="Characters kept per stream output in the trace (head and tail)."
     ).tag(config=True)
     echo = Bool(True, help="Also show the outputs in the running cell, as they happen.").tag(
         config=True

@@ -221,14 +221,25 @@ class LocalTransport:
                 child.kill()
 
 
-class Kernel(LoggingConfigurable):
+class BlockSettings(LoggingConfigurable):
+    """What every executor of model code shares: the block timeout and how much output is kept."""
+
+    timeout = Float(30.0, help="Seconds a block may run before it is interrupted.").tag(config=True)
+    output_cap = Int(2000, help="Characters of output the model reads (head and tail).").tag(
+        config=True
+    )
+    store_cap = Int(
+        200_000, help="Characters kept per stream output in the notebook outputs (head and tail)."
+    ).tag(config=True)
+
+
+class Kernel(BlockSettings):
     """A live IPython kernel whose state persists across ``execute`` calls.
 
     Local by default (a fresh process with limits, a scrubbed environment and its own workspace);
     with ``url=`` it is a kernel on a Jupyter Server or Kernel Gateway, used the same way.
     """
 
-    timeout = Float(30.0, help="Seconds a block may run before it is interrupted.").tag(config=True)
     interrupt_grace = Float(
         3.0, help="Seconds to wait after an interrupt before the kernel is restarted."
     ).tag(config=True)
@@ -238,12 +249,6 @@ class Kernel(LoggingConfigurable):
     ).tag(config=True)
     iopub_grace = Float(
         2.0, help="Seconds to wait for the final iopub messages once the reply has arrived."
-    ).tag(config=True)
-    output_cap = Int(2000, help="Characters of output the model reads (head and tail).").tag(
-        config=True
-    )
-    store_cap = Int(
-        200_000, help="Characters kept per stream output in the notebook outputs (head and tail)."
     ).tag(config=True)
     memory_limit = Int(
         4 << 30, allow_none=True, help="Address-space limit of a local kernel in bytes (None: off)."
