@@ -304,9 +304,14 @@ class _Run:
     def _count_tokens(self, delta: Delta, accepted: int) -> int:
         if delta.token_ids is not None:
             return len(delta.token_ids)
+        return self._estimate_tokens(delta.text[:accepted])
+
+    def _estimate_tokens(self, text: str) -> int:
+        """The sampler's own count where it has one, else characters ÷ 4."""
+        if not text:
+            return 0
         counter = getattr(self.r.sampler, "count_tokens", None)
-        text = delta.text[:accepted]
-        return counter(text) if counter else max(1, len(text) // 4) if text else 0
+        return counter(text) if counter else max(1, len(text) // 4)
 
     def _record(self, event: Event) -> None:
         """Keep the accepted text, its spans, and what belongs to the answer."""
@@ -386,7 +391,7 @@ class _Run:
         encode = getattr(self.r.sampler, "encode", None)
         ids = encode(text) if encode else None
         self.trace.segments.append(Segment(kind="tool", text=text, token_ids=ids))
-        self.trace.usage.tool_tokens += len(ids) if ids is not None else max(1, len(text) // 4)
+        self.trace.usage.tool_tokens += len(ids) if ids is not None else self._estimate_tokens(text)
 
     # -- ending -------------------------------------------------------------------------------
 
