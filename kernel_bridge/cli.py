@@ -59,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     reason.add_argument("--timeout", type=float, default=30.0, help="seconds per code block")
     reason.add_argument("--time-limit", type=float, default=600.0, help="seconds for the whole run")
     reason.add_argument("--no-color", action="store_true", help="plain text output")
+    reason.add_argument(
+        "--tools",
+        default=None,
+        help="toolsets installed in the kernel, comma-separated: finance, documents",
+    )
+    reason.add_argument(
+        "--cutoff",
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="data cutoff of the finance tools: nothing after this date reaches the model",
+    )
+    reason.add_argument(
+        "--authorized-imports",
+        default=None,
+        help="comma-separated modules the model's code may import (a guard, not a sandbox)",
+    )
 
     traces = sub.add_parser("traces", help="look at saved traces")
     traces_sub = traces.add_subparsers(dest="traces_command", required=True, parser_class=_Parser)
@@ -114,11 +130,20 @@ def _reason(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
+    from kernel_bridge.tools import ToolError, load_toolsets
+
+    authorized = None
+    if args.authorized_imports is not None:
+        authorized = [m.strip() for m in args.authorized_imports.split(",") if m.strip()]
+    try:
+        tools = load_toolsets(args.tools, cutoff=args.cutoff, authorized_imports=authorized)
+    except ToolError as e:
+        raise UsageError(str(e)) from None
     sampler = make_sampler(args.model)
     trace_path = args.trace or default_trace_path()
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     renderer = TerminalRenderer(color=not args.no_color)
-    reasoner = Reasoner(sampler, profile=args.profile, limits=limits, store=trace_path)
+    reasoner = Reasoner(sampler, profile=args.profile, limits=limits, store=trace_path, tools=tools)
 
     async def go() -> Any:
         try:

@@ -21,6 +21,7 @@ import asyncio
 import base64
 import builtins
 import concurrent.futures
+import contextlib
 import getpass
 import io
 import itertools
@@ -101,6 +102,17 @@ class ShellExecutor(BlockSettings):
                 raise RuntimeError("ShellExecutor needs an IPython shell; none is running")
         self.shell = shell
         self.submit = submit
+        self._guards: list[Any] = []
+
+    def set_guards(self, guards: list[Any]) -> None:
+        """Guards (``kernel_bridge.tools.guard``) that apply while model blocks run, and only then:
+        the user's own cells are not the model's code."""
+        for guard in self._guards:
+            guard.uninstall()
+        for guard in guards:
+            guard.active = False
+            guard.install()
+        self._guards = list(guards)
 
     @property
     def started(self) -> bool:
@@ -154,7 +166,10 @@ class ShellExecutor(BlockSettings):
         collector = OutputCollector(self.output_cap, self.store_cap, on_output)
         watchdog = _Watchdog(timeout, self.interrupt_grace)
         t0 = time.monotonic()
-        with _Capture(self.shell, collector, echo=self.echo) as capture:
+        with contextlib.ExitStack() as stack:
+            for guard in self._guards:
+                stack.enter_context(guard.enabled())
+            capture = stack.enter_context(_Capture(self.shell, collector, echo=self.echo))
             previous = signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
                 watchdog.start()
@@ -491,7 +506,10 @@ class _Capture:
         """Record an exception with IPython's traceback, leaving out ``offset`` frames of ours."""
         self.flush_streams()
         etype = type(exc)
-        if isinstance(exc, SyntaxError):
+        render = getattr(exc, "_render_traceback_", None)  # as IPython honours it
+        if callable(render):
+            stb = list(render())
+        elif isinstance(exc, SyntaxError):
             stb = self.shell.SyntaxTB.structured_traceback(etype, exc, [])
         else:
             stb = self.shell.InteractiveTB.structured_traceback(

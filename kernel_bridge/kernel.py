@@ -280,6 +280,11 @@ class Kernel(BlockSettings):
     ).tag(config=True)
     token = Unicode(None, allow_none=True, help="Token for the remote server.").tag(config=True)
     kernel_name = Unicode("python3", help="Kernel spec name on the remote server.").tag(config=True)
+    setup_code = List(
+        Unicode(),
+        help="Code run silently after every start and restart (tools, imports); if it fails, "
+        "start() fails with its error.",
+    ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -324,7 +329,36 @@ class Kernel(BlockSettings):
             self._remove_tmpdirs()
             raise
         self._transport = transport
+        try:
+            await self._run_setup(self.setup_code)
+        except BaseException:
+            await self.shutdown()
+            raise
         return self
+
+    async def add_setup_code(self, code: str) -> None:
+        """Run ``code`` now (if started) and after every restart; a failure raises KernelError.
+
+        Code already in ``setup_code`` is not added (or run) again."""
+        if code in self.setup_code:
+            return
+        if self._transport is not None:
+            async with self._lock:
+                await self._run_setup([code])
+        self.setup_code = [*self.setup_code, code]
+
+    async def _run_setup(self, codes: Iterable[str]) -> None:
+        transport = self._require()
+        for code in codes:
+            run = _Run(transport, OutputCollector(self.output_cap, self.store_cap))
+            await run.send(code, silent=True)
+            status = await self._collect(run, time.monotonic() + self.startup_timeout)
+            if status != "ok":
+                result = run.result(status, time.time(), 0.0)
+                raise KernelError(
+                    f"the kernel's setup code failed ({status}): {result.output_text}\n"
+                    f"setup code:\n{code[:500]}"
+                )
 
     def _local_transport(self) -> LocalTransport:
         runtime = tempfile.mkdtemp(prefix=f"kernel-bridge-{os.getpid()}-")
@@ -425,6 +459,13 @@ class Kernel(BlockSettings):
                 result.output_text = _append_note(result.output_text, note)
             if run.restarted:
                 result.output_text = _append_note(result.output_text, RESTARTED_NOTE)
+                if self.setup_code:
+                    try:
+                        await self._run_setup(self.setup_code)
+                        note = "[the setup code (tools) ran again]"
+                    except KernelError as e:
+                        note = f"[{e}]"
+                    result.output_text = _append_note(result.output_text, note)
             result.new_files = self._new_files(before)
             return result
 
@@ -494,12 +535,12 @@ class _Run:
     def failed(self) -> bool:
         return self.reply is not None and self.reply["content"].get("status") != "ok"
 
-    async def send(self, code: str) -> None:
+    async def send(self, code: str, silent: bool = False) -> None:
         # Drop what earlier executions left on the channels.
         with contextlib.suppress(asyncio.TimeoutError):
             while True:
                 await self.transport.next_message(0)
-        self.msg_id = await self.transport.send_execute(code)
+        self.msg_id = await self.transport.send_execute(code, silent=silent)
 
     async def wait(self, deadline: float, poll: float, grace: float) -> str:
         """Collect until "done", past the deadline ("timeout"), or until the kernel "died"."""

@@ -395,6 +395,7 @@ class _Options:
     cells: bool
     continue_: bool
     profile: str
+    tools: Any  # a kernel_bridge.tools.Toolbox
 
 
 class _StrictNamespace(dict):  # type: ignore[type-arg]
@@ -443,6 +444,15 @@ class ReasonMagics(Magics):
         config=True
     )
     comm = Bool(True, help="Send live events over the kernel_bridge.trace comm.").tag(config=True)
+    tools = Unicode(
+        "", help="Toolsets installed for the model, comma-separated: finance, documents."
+    ).tag(config=True)
+    cutoff = Unicode("", help="Data cutoff (YYYY-MM-DD) of the finance tools; empty: none.").tag(
+        config=True
+    )
+    authorized_imports = Unicode(
+        "", help="Comma-separated modules the model's code may import; empty: any."
+    ).tag(config=True)
 
     _settings = (
         "model",
@@ -457,6 +467,9 @@ class ReasonMagics(Magics):
         "profile",
         "interpolate",
         "comm",
+        "tools",
+        "cutoff",
+        "authorized_imports",
     )
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
@@ -467,6 +480,7 @@ class ReasonMagics(Magics):
         # of your own here to use it as ``%%reason --model NAME``.
         self.samplers: dict[str, Any] = {}
         self.history: list[tuple[str, Trace]] = []  # (question, trace) of this session's runs
+        self._toolboxes: dict[tuple[str, str, str], Any] = {}  # built once, installed as is
         atexit.register(self.close)
 
     # -- %%reason -----------------------------------------------------------------------------
@@ -498,6 +512,14 @@ class ReasonMagics(Magics):
         help="prepend this session's earlier %%%%reason exchanges",
     )
     @argument("--profile", default=None, help="code-block format of the model")
+    @argument("--tools", default=None, help="toolsets for the model: finance, documents")
+    @argument("--cutoff", default=None, metavar="YYYY-MM-DD", help="data cutoff of the tools")
+    @argument(
+        "--authorized-imports",
+        dest="authorized_imports",
+        default=None,
+        help="comma-separated modules the model's code may import",
+    )
     @cell_magic
     def reason(self, line: str, cell: str) -> None:
         """Think about the question in the cell with a live Python kernel.
@@ -544,6 +566,7 @@ class ReasonMagics(Magics):
         except ValueError as e:
             raise UsageError(str(e)) from None
         return _Options(
+            tools=self._toolbox(pick("tools"), pick("cutoff"), pick("authorized_imports")),
             model=pick("model"),
             isolated=bool(pick("isolated")),
             limits=limits,
@@ -553,6 +576,19 @@ class ReasonMagics(Magics):
             continue_=args.continue_,
             profile=profile,
         )
+
+    def _toolbox(self, tools: str, cutoff: str, authorized: str) -> Any:
+        """The session's toolbox for these options (built once, so a sidecar installs it once)."""
+        key = (tools or "", cutoff or "", authorized or "")
+        if key not in self._toolboxes:
+            from kernel_bridge.tools import ToolError, load_toolsets
+
+            modules = [m.strip() for m in key[2].split(",") if m.strip()] if key[2] else None
+            try:
+                self._toolboxes[key] = load_toolsets(key[0], key[1] or None, modules)
+            except ToolError as e:
+                raise UsageError(str(e)) from None
+        return self._toolboxes[key]
 
     def _question(self, cell: str) -> str:
         question = cell.strip()
@@ -619,6 +655,7 @@ class ReasonMagics(Magics):
                 profile=options.profile,
                 limits=options.limits,
                 store=options.trace_path,
+                tools=options.tools,
             )
         except ValueError as e:
             raise UsageError(str(e)) from None

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from kernel_bridge.parsing import (
 )
 from kernel_bridge.prompts import default_examples, default_system_prompt
 from kernel_bridge.samplers import Delta, Sampler, SampleRequest
+from kernel_bridge.tools import Toolbox
 from kernel_bridge.trace import Segment, Span, Step, Trace, TraceStore
 
 NO_OUTPUT = "[no output]"
@@ -100,6 +101,10 @@ class Reasoner:
     works in its place, e.g. ``ShellExecutor`` (the notebook's own namespace). The prompt is
     ``system_prompt`` and the worked ``examples`` (defaults from ``kernel_bridge.prompts``), then
     the question.
+
+    ``tools`` (a ``Toolbox``, ``toolset(...)``, or a list of tools and functions) are installed into
+    the kernel before the first block and described in the system prompt; ``authorized_imports``
+    limits what the model's code may import (a guard, not a sandbox).
     """
 
     def __init__(
@@ -113,18 +118,26 @@ class Reasoner:
         examples: list[dict[str, Any]] | None = None,
         store: TraceStore | str | os.PathLike[str] | None = None,
         start_section: str | None = None,
+        tools: Toolbox | Iterable[Any] | None = None,
+        authorized_imports: Iterable[str] | None = None,
     ) -> None:
         self.sampler = sampler
+        self.tools = Toolbox.of(tools, authorized_imports)
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.limits = limits or Limits()
         self.system_prompt = (
             default_system_prompt(self.profile) if system_prompt is None else system_prompt
         )
+        if self.tools:
+            self.system_prompt = "\n\n".join(
+                p for p in (self.system_prompt, self.tools.prompt()) if p
+            )
         self.examples = default_examples(self.profile) if examples is None else examples
         self.store = TraceStore(store) if isinstance(store, (str, os.PathLike)) else store
         self.start_section = start_section
         self._kernel: Executor | None = kernel
         self._owns_kernel = kernel is None
+        self._tools_in: Executor | None = None
         self.trace: Trace | None = None
 
     async def kernel(self) -> Executor:
@@ -132,6 +145,9 @@ class Reasoner:
             self._kernel = Kernel(timeout=self.limits.step_timeout)
         if not self._kernel.started:
             await self._kernel.start()
+        if self.tools and self._tools_in is not self._kernel:
+            await self.tools.install(self._kernel)
+            self._tools_in = self._kernel
         return self._kernel
 
     async def close(self) -> None:

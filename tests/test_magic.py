@@ -454,3 +454,26 @@ def test_the_sidecar_is_shut_down_with_the_notebook_kernel(tmp_path):
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the sidecar kernel outlived its notebook kernel"
         time.sleep(0.1)
+
+
+# -- tools -------------------------------------------------------------------------------------
+
+
+def test_finance_tools_in_the_shared_namespace_guard_only_the_models_code(notebook, trace_file):
+    notebook.run("%env KERNEL_BRIDGE_OFFLINE=1")
+    cell = notebook.reason(
+        f"--tools finance --cutoff 2008-06-30 --model {script('magic_tools.txt')} "
+        f"--trace {trace_file}",
+        "AAPL in 2008?",
+    )
+    assert summary(cell)[-2:] == ["answer", "trace"]
+    tools_step, import_step = last_trace(trace_file).steps
+    assert tools_step.output_text.splitlines()[-1] == "6"
+    assert "from sample data: vega-datasets" in tools_step.output_text
+    assert import_step.output_text == (
+        "ImportRefusedError: import of 'yfinance' is blocked in this session: the data cutoff "
+        "is 2008-06-30; use the finance tools, which respect it"
+    )
+    # The user's own cells are not guarded, and the model's objects are theirs to inspect.
+    user = notebook.run("import yfinance\nprint(len(prices), stock_price.cutoff_date)")
+    assert printed(user) == "6 2008-06-30\n"
