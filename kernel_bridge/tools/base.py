@@ -75,10 +75,6 @@ class Tool:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            inspect.signature(self.forward).bind(*args, **kwargs)
-        except TypeError as e:
-            raise ToolError(f"{self.name}{signature(self)[0]}: {e}") from None
         if not getattr(self, "is_initialized", False):
             self.setup()
             self.is_initialized = True
@@ -87,8 +83,16 @@ class Tool:
         except ToolError:
             raise
         except Exception as e:
+            if isinstance(e, TypeError):  # arguments that do not fit say so, with the signature
+                self._check_arguments(args, kwargs)
             call = f"{self.name}({_format_args(args, kwargs)})"
             raise ToolError(f"{call} failed: {type(e).__name__}: {e}") from None
+
+    def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            inspect.signature(self.forward).bind(*args, **kwargs)
+        except TypeError as e:
+            raise ToolError(f"{self.name}{signature(self)[0]}: {e}") from None
 
     def __repr__(self) -> str:
         params, returns = signature(self)
@@ -124,12 +128,11 @@ class FunctionTool(Tool, check=False):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.function(*args, **kwargs)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
             inspect.signature(self.function).bind(*args, **kwargs)
         except TypeError as e:
             raise ToolError(f"{self.name}{signature(self)[0]}: {e}") from None
-        return super().__call__(*args, **kwargs)
 
 
 def tool(function: Callable[..., Any]) -> FunctionTool:
