@@ -477,3 +477,15 @@ def test_finance_tools_in_the_shared_namespace_guard_only_the_models_code(notebo
     # The user's own cells are not guarded, and the model's objects are theirs to inspect.
     user = notebook.run("import yfinance\nprint(len(prices), stock_price.cutoff_date)")
     assert printed(user) == "6 2008-06-30\n"
+
+
+def test_finance_tools_in_a_sidecar_keep_their_cutoff(notebook, trace_file):
+    notebook.run("%env KERNEL_BRIDGE_OFFLINE=1")
+    notebook.reason(
+        f"--isolated --tools finance --cutoff 2008-03-31 --model {script('magic_tools.txt')} "
+        f"--trace {trace_file}",
+        "AAPL in 2008?",
+    )
+    tools_step, import_step = last_trace(trace_file).steps
+    assert tools_step.output_text.splitlines()[-1] == "3"  # January to March, in the sidecar
+    assert import_step.output_text.startswith("ImportRefusedError: import of 'yfinance'")
