@@ -107,9 +107,10 @@ class Transport(Protocol):
 class _BridgeKernelSpecs(KernelSpecManager):
     """Serves the one kernel spec a local ``Kernel`` launches: ipykernel under resource limits."""
 
-    spec = None  # set per manager
+    spec: KernelSpec | None = None  # set per manager
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        assert self.spec is not None
         return self.spec
 
 
@@ -311,7 +312,7 @@ class Kernel(BlockSettings):
         """Start the kernel and wait until it answers."""
         if self._transport is not None:
             return self
-        if self.is_remote:
+        if self.url:
             from kernel_bridge.remote import RemoteTransport
 
             transport: Transport = RemoteTransport(

@@ -258,8 +258,8 @@ class _Run:
                     return
                 self.segment.link_step(len(self.trace.steps))
                 self._close_model_segment()
-                async for event in self._execute(kernel, pause.code):
-                    yield event
+                async for step_event in self._execute(kernel, pause.code):
+                    yield step_event
             self.parser.resume()
 
     async def _sample(self) -> AsyncIterator[Event]:

@@ -159,7 +159,7 @@ class Toolbox:
             if self.has_guards:
                 from kernel_bridge.tools.guard import HostGuard, ImportGuard
 
-                guards = []
+                guards: list[ImportGuard | HostGuard] = []
                 if self.blocked_imports or self.authorized_imports is not None:
                     guards.append(
                         ImportGuard(self.blocked_imports, self.authorized_imports, self.reason)

@@ -180,7 +180,7 @@ def signature(t: Any) -> tuple[str, str]:
             if hint is not None:
                 text += f": {_type_name(hint)}"
             elif p.name in t.inputs:
-                text += f": {TYPE_NAMES.get(t.inputs[p.name].get('type'), 'Any')}"
+                text += f": {TYPE_NAMES.get(str(t.inputs[p.name].get('type')), 'Any')}"
             if p.default is not inspect.Parameter.empty:
                 text += f" = {p.default!r}"
             if p.kind is p.VAR_POSITIONAL:

@@ -141,7 +141,7 @@ class HostGuard(_Switch):
         self.reason = reason
 
     def refuses(self, host: Any) -> bool:
-        if not self.active or getattr(HostGuard._local, "allowed", 0):
+        if not self.active or getattr(HostGuard._local, "allowed", False):
             return False
         if isinstance(host, bytes):
             host = host.decode("ascii", "replace")
