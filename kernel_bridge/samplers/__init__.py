@@ -97,9 +97,11 @@ def make_sampler(model: str | None = None) -> Sampler:
     """The sampler a model string names.
 
     ``local`` (the embedded Qwen2.5-Coder-0.5B), ``hf:ID_OR_PATH`` (transformers), ``scripted:PATH``
-    (a stand-in that replays an assistant script), ``PROVIDER/MODEL`` (an API model through
-    LiteLLM: ``openai/gpt-4o``, ``anthropic/…``, ``hosted_vllm/…``, ``ollama_chat/…``; keys and
-    bases from the provider's environment variables). ``None`` resolves as ``resolve_model`` says.
+    (a stand-in that replays an assistant script), ``vllm:URL[#MODEL]`` (a running ``vllm serve``
+    through ``/v1/completions`` with token ids, e.g. ``vllm:http://127.0.0.1:8000/v1``),
+    ``PROVIDER/MODEL`` (an API model through LiteLLM: ``openai/gpt-4o``, ``anthropic/…``,
+    ``hosted_vllm/…``, ``ollama_chat/…``; keys and bases from the provider's environment
+    variables). ``None`` resolves as ``resolve_model`` says.
     """
     model = resolve_model(model).strip()
     if model.startswith("scripted:"):
@@ -114,13 +116,19 @@ def make_sampler(model: str | None = None) -> Sampler:
         from kernel_bridge.samplers.transformers import TransformersSampler
 
         return TransformersSampler.from_pretrained(model.removeprefix("hf:"))
-    if "/" in model and not model.startswith(("vllm:", "/", ".", "~")):
+    if model.startswith("vllm:"):
+        from kernel_bridge.samplers.vllm import VLLMServerSampler, parse_model_string
+
+        url, served = parse_model_string(model)
+        return VLLMServerSampler.connect(url, served)
+    if "/" in model and not model.startswith(("/", ".", "~")):
         from kernel_bridge.samplers.litellm import LiteLLMSampler
 
         return LiteLLMSampler(model)
     raise ModelSpecError(
         f"no sampler for model {model!r}: use 'local' (the embedded model), 'hf:ID_OR_PATH' "
-        "(a transformers model), 'scripted:PATH' (replays an assistant script) or "
+        "(a transformers model), 'scripted:PATH' (replays an assistant script), "
+        "'vllm:http://HOST:PORT/v1[#MODEL]' (a running vllm serve) or "
         "'PROVIDER/MODEL' (an API model through LiteLLM, e.g. 'openai/gpt-4o'; needs "
         'pip install "kernel-bridge[api]")'
     )
