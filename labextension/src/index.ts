@@ -1,0 +1,178 @@
+/**
+ * kernel-bridge for JupyterLab: the trace renderer and the sidebar.
+ *
+ * - `kernel-bridge:renderer` draws `application/vnd.kernel-bridge.trace+json` outputs.
+ * - `kernel-bridge:plugin` adds the sidebar, which follows the active notebook, and owns the
+ *   settings (schema/plugin.json): default model, isolation, max steps, show thinking.
+ */
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { ICommandPalette } from '@jupyterlab/apputils';
+import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { Kernel } from '@jupyterlab/services';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { LabIcon } from '@jupyterlab/ui-components';
+
+import { NotebookConnection } from './connection';
+import { applySettings } from './kernelactions';
+import { NotebookTraces } from './model';
+import { traceRendererFactory } from './renderer';
+import { renderServices } from './services';
+import { TraceSidebar } from './sidebarwidget';
+
+const PLUGIN_ID = 'kernel-bridge:plugin';
+
+/** The settings, as schema/plugin.json defines them. */
+export interface ISettings {
+  defaultModel: string;
+  isolated: boolean;
+  maxSteps: number;
+  showThinking: boolean;
+}
+
+const settings: ISettings = {
+  defaultModel: '',
+  isolated: false,
+  maxSteps: 20,
+  showThinking: true
+};
+
+export const traceIcon = new LabIcon({
+  name: 'kernel-bridge:trace',
+  svgstr:
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16" height="16">' +
+    '<g class="jp-icon3" fill="#616161">' +
+    '<path d="M4 4h7v2H6v12h5v2H4z"/><path d="M20 4h-7v2h5v12h-5v2h7z"/>' +
+    '<circle cx="9" cy="12" r="1.6"/><circle cx="15" cy="12" r="1.6"/>' +
+    '<path d="M9 11.2h6v1.6H9z"/></g></svg>'
+});
+
+const rendererPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'kernel-bridge:renderer',
+  description: 'Renders kernel-bridge traces in notebook outputs.',
+  autoStart: true,
+  requires: [IRenderMimeRegistry],
+  optional: [IEditorLanguageRegistry],
+  activate: (
+    app: JupyterFrontEnd,
+    rendermime: IRenderMimeRegistry,
+    languages: IEditorLanguageRegistry | null
+  ) => {
+    rendermime.addFactory(
+      traceRendererFactory(
+        trusted => renderServices(rendermime, languages, trusted),
+        () => settings.showThinking
+      ),
+      50
+    );
+  }
+};
+
+const sidebarPlugin: JupyterFrontEndPlugin<void> = {
+  id: PLUGIN_ID,
+  description: 'The kernel-bridge sidebar: live trace, history, stop, insert, export, feedback.',
+  autoStart: true,
+  requires: [INotebookTracker, IRenderMimeRegistry],
+  optional: [ILayoutRestorer, ISettingRegistry, IEditorLanguageRegistry, ICommandPalette],
+  activate: (
+    app: JupyterFrontEnd,
+    tracker: INotebookTracker,
+    rendermime: IRenderMimeRegistry,
+    restorer: ILayoutRestorer | null,
+    settingRegistry: ISettingRegistry | null,
+    languages: IEditorLanguageRegistry | null,
+    palette: ICommandPalette | null
+  ) => {
+    const services = renderServices(rendermime, languages, false);
+    const sidebar = new TraceSidebar(services, settings.showThinking);
+    sidebar.title.icon = traceIcon;
+    app.shell.add(sidebar, 'right', { rank: 650 });
+    restorer?.add(sidebar, sidebar.id);
+
+    const connections = new Map<NotebookPanel, NotebookConnection>();
+    // At kernel start only settings changed from their defaults are applied, so an IPython config
+    // file (c.ReasonMagics...) still counts; a change in the settings editor applies them all.
+    let changedByUser = false;
+    const kernelSettings = () => {
+      const values: { [key: string]: unknown } = {};
+      if (settings.defaultModel || changedByUser) {
+        values.model = settings.defaultModel;
+      }
+      if (settings.isolated || changedByUser) {
+        values.isolated = settings.isolated;
+      }
+      if (settings.maxSteps !== 20 || changedByUser) {
+        values.max_steps = settings.maxSteps;
+      }
+      return values;
+    };
+    const apply = (kernel: Kernel.IKernelConnection) => {
+      const values = kernelSettings();
+      if (Object.keys(values).length === 0) {
+        return;
+      }
+      applySettings(kernel, values).catch(error =>
+        // A Python kernel without kernel_bridge: nothing to configure.
+        console.debug('kernel-bridge: settings not applied', error)
+      );
+    };
+    const connect = (panel: NotebookPanel) => {
+      if (!connections.has(panel)) {
+        connections.set(panel, new NotebookConnection(panel, new NotebookTraces(), apply));
+        panel.disposed.connect(() => {
+          connections.get(panel)?.dispose();
+          connections.delete(panel);
+          if (sidebar.connection?.panel === panel) {
+            sidebar.connection = null;
+          }
+        });
+      }
+      return connections.get(panel)!;
+    };
+    tracker.widgetAdded.connect((_, panel) => connect(panel));
+    tracker.forEach(panel => connect(panel));
+    const follow = () => {
+      const panel = tracker.currentWidget;
+      sidebar.connection = panel ? connect(panel) : null;
+    };
+    tracker.currentChanged.connect(follow);
+    follow();
+
+    const command = 'kernel-bridge:open-sidebar';
+    app.commands.addCommand(command, {
+      label: 'Show kernel-bridge traces',
+      execute: () => app.shell.activateById(sidebar.id)
+    });
+    palette?.addItem({ command, category: 'kernel-bridge' });
+
+    if (settingRegistry) {
+      const load = (plugin: ISettingRegistry.ISettings) => {
+        Object.assign(settings, plugin.composite as unknown as ISettings);
+        sidebar.showThinking = settings.showThinking;
+        for (const connection of connections.values()) {
+          const kernel = connection.kernel;
+          if (kernel) {
+            apply(kernel);
+          }
+        }
+      };
+      settingRegistry
+        .load(PLUGIN_ID)
+        .then(plugin => {
+          load(plugin);
+          plugin.changed.connect(() => {
+            changedByUser = true;
+            load(plugin);
+          });
+        })
+        .catch(error => console.error('kernel-bridge: cannot load settings', error));
+    }
+  }
+};
+
+export default [rendererPlugin, sidebarPlugin];

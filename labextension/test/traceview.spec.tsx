@@ -1,0 +1,110 @@
+import { act, fireEvent, render, screen } from '@testing-library/react';
+import * as React from 'react';
+import { describe, expect, it, vi } from 'vitest';
+
+import { applyEvents, fromTrace, openTrace } from '../src/reducer';
+import { IRenderServices, TraceView } from '../src/traceview';
+import { EVENTS, longTrace, OPEN, TRACE } from './fixtures';
+
+function fakeServices(): IRenderServices & { outputs: unknown[][] } {
+  const outputs: unknown[][] = [];
+  return {
+    outputs,
+    renderOutputs: (list, host) => {
+      outputs.push(list);
+      host.textContent = list.map((o: any) => o.text ?? o.data?.['text/plain']).join('');
+      return () => undefined;
+    },
+    highlight: (code, host) => {
+      host.textContent = code;
+    },
+    renderMarkdown: (text, host) => {
+      host.textContent = text;
+      return () => undefined;
+    }
+  };
+}
+
+describe('TraceView', () => {
+  it('shows the thinking, each step with status and time, outputs, and the answer', () => {
+    const view = EVENTS.reduce((v, e) => applyEvents(v, e), openTrace(OPEN));
+    const { container } = render(
+      <TraceView view={view} services={fakeServices()} showThinking={true} />
+    );
+    const steps = container.querySelectorAll('.kb-Step');
+    expect(steps).toHaveLength(2);
+    expect(steps[0].getAttribute('data-status')).toBe('ok');
+    expect(steps[0].textContent).toContain('Step 1');
+    expect(steps[0].textContent).toContain('0.01 s');
+    expect(steps[0].querySelector('.kb-Code')?.textContent).toContain('print(len(primes))');
+    expect(steps[0].querySelector('.kb-Outputs')?.textContent).toBe('15\n');
+    expect(screen.getByRole('group', { name: 'Answer' }).textContent).toContain('sum to **328**');
+    expect(container.textContent).toContain('I will find the primes');
+    // The streamed answer text is not shown twice once the answer is known.
+    expect(container.querySelectorAll('.kb-Text-answer')).toHaveLength(0);
+  });
+
+  it('shows token counts and the total time of a saved trace', () => {
+    render(<TraceView view={fromTrace(TRACE)} services={fakeServices()} showThinking={true} />);
+    expect(screen.getByText(/38 model · 9 tool · 14 prompt tokens/)).toBeTruthy();
+    expect(screen.getByText('1.90 s')).toBeTruthy();
+    expect(screen.getByRole('status').textContent).toBe('answered');
+  });
+
+  it('collapses and expands thinking with an accessible toggle', () => {
+    const { container } = render(
+      <TraceView view={fromTrace(TRACE)} services={fakeServices()} showThinking={false} />
+    );
+    const toggle = container.querySelector('.kb-Think-toggle') as HTMLButtonElement;
+    expect(toggle.getAttribute('aria-expanded')).toBe('false');
+    expect(container.querySelector('.kb-Think-body')).toBeNull();
+    fireEvent.click(toggle);
+    expect(toggle.getAttribute('aria-expanded')).toBe('true');
+    expect(container.querySelector('.kb-Think-body')?.textContent).toBe('Compute it.');
+  });
+
+  it('shows a running step as running, live', () => {
+    const view = applyEvents(openTrace(OPEN), EVENTS[1]);
+    const { container } = render(
+      <TraceView view={view} services={fakeServices()} showThinking={true} follow={true} />
+    );
+    expect(container.querySelector('.kb-Step')?.getAttribute('data-status')).toBe('running');
+    expect(screen.getByRole('status').textContent).toBe('running…');
+  });
+
+  it('virtualizes a 1,000-step trace: far fewer than 1,000 step nodes', () => {
+    const services = fakeServices();
+    const { container } = render(
+      <TraceView view={fromTrace(longTrace(1000))} services={services} showThinking={true} />
+    );
+    const steps = container.querySelectorAll('.kb-Step').length;
+    expect(steps).toBeGreaterThan(0);
+    expect(steps).toBeLessThan(50);
+    expect(container.querySelectorAll('[role="listitem"]').length).toBeLessThan(60);
+    expect(services.outputs.length).toBeLessThan(50);
+    // The list is as tall as all rows together, so the scrollbar is right.
+    const rows = container.querySelector('.kb-Trace-rows') as HTMLElement;
+    expect(parseInt(rows.style.height, 10)).toBeGreaterThan(1000 * 50);
+  });
+
+  it('updates one step in place as its events arrive', () => {
+    const services = fakeServices();
+    let view = applyEvents(openTrace(OPEN), [...EVENTS[0], ...EVENTS[1]]);
+    const { container, rerender } = render(
+      <TraceView view={view} services={services} showThinking={true} />
+    );
+    const before = container.querySelector('.kb-Step');
+    view = applyEvents(view, EVENTS[2]);
+    act(() => rerender(<TraceView view={view} services={services} showThinking={true} />));
+    const after = container.querySelector('.kb-Step');
+    expect(after).toBe(before); // same DOM node: no remount, no jump
+    expect(after?.getAttribute('data-status')).toBe('ok');
+  });
+});
+
+describe('module', () => {
+  it('exports the view', () => {
+    expect(typeof TraceView).toBe('function');
+    expect(vi).toBeTruthy();
+  });
+});
