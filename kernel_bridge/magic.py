@@ -445,7 +445,9 @@ class ReasonMagics(Magics):
     )
     comm = Bool(True, help="Send live events over the kernel_bridge.trace comm.").tag(config=True)
     tools = Unicode(
-        "", help="Toolsets installed for the model, comma-separated: finance, documents."
+        "",
+        help="Toolsets installed for the model, comma-separated: finance, documents, or the name "
+        "of a notebook variable holding a Toolbox, a tool or a list of tools.",
     ).tag(config=True)
     cutoff = Unicode("", help="Data cutoff (YYYY-MM-DD) of the finance tools; empty: none.").tag(
         config=True
@@ -512,7 +514,11 @@ class ReasonMagics(Magics):
         help="prepend this session's earlier %%%%reason exchanges",
     )
     @argument("--profile", default=None, help="code-block format of the model")
-    @argument("--tools", default=None, help="toolsets for the model: finance, documents")
+    @argument(
+        "--tools",
+        default=None,
+        help="toolsets for the model (finance, documents) and notebook variables holding tools",
+    )
     @argument("--cutoff", default=None, metavar="YYYY-MM-DD", help="data cutoff of the tools")
     @argument(
         "--authorized-imports",
@@ -578,17 +584,42 @@ class ReasonMagics(Magics):
         )
 
     def _toolbox(self, tools: str, cutoff: str, authorized: str) -> Any:
-        """The session's toolbox for these options (built once, so a sidecar installs it once)."""
-        key = (tools or "", cutoff or "", authorized or "")
-        if key not in self._toolboxes:
-            from kernel_bridge.tools import ToolError, load_toolsets
+        """The session's toolbox for these options (built once, so a sidecar installs it once).
 
+        A name in ``--tools`` that is not a toolset names a notebook variable holding a
+        ``Toolbox``, a tool or a list of tools (``--tools finance,my_tools``)."""
+        from kernel_bridge.tools import TOOLSETS, Toolbox, ToolError, load_toolsets
+
+        names = [n.strip() for n in (tools or "").split(",") if n.strip()]
+        own = [n for n in names if n not in TOOLSETS]
+        key = (",".join(n for n in names if n in TOOLSETS), cutoff or "", authorized or "")
+        if key not in self._toolboxes:
             modules = [m.strip() for m in key[2].split(",") if m.strip()] if key[2] else None
             try:
                 self._toolboxes[key] = load_toolsets(key[0], key[1] or None, modules)
             except ToolError as e:
                 raise UsageError(str(e)) from None
-        return self._toolboxes[key]
+        box = self._toolboxes[key]
+        if not own:
+            return box
+        namespace: dict[str, Any] = self.shell.user_ns if self.shell else {}
+        for name in own:
+            if name not in namespace:
+                raise UsageError(
+                    f"--tools {name}: no toolset and no notebook variable of that name; the "
+                    f"toolsets are {', '.join(TOOLSETS)}, or name a variable that holds a "
+                    "Toolbox, a tool or a list of tools"
+                )
+            value = namespace[name]
+            try:
+                box = box.merge(Toolbox.of(value if isinstance(value, list | tuple) else [value]))
+            except (ToolError, TypeError) as e:
+                raise UsageError(f"--tools {name}: {e}") from None
+        # The same objects as last time: keep that toolbox, so a sidecar does not install it again.
+        own_key = (",".join(names), key[1], key[2])
+        if self._toolboxes.get(own_key) != box:
+            self._toolboxes[own_key] = box
+        return self._toolboxes[own_key]
 
     def _question(self, cell: str) -> str:
         question = cell.strip()

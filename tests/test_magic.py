@@ -489,3 +489,57 @@ def test_finance_tools_in_a_sidecar_keep_their_cutoff(notebook, trace_file):
     tools_step, import_step = last_trace(trace_file).steps
     assert tools_step.output_text.splitlines()[-1] == "3"  # January to March, in the sidecar
     assert import_step.output_text.startswith("ImportRefusedError: import of 'yfinance'")
+
+
+OWN_TOOLS = '''
+from kernel_bridge.tools import Tool, tool
+
+class Scale(Tool):
+    name = "scale"
+    description = "x times the factor this tool was built with."
+    inputs = {"x": {"type": "number", "description": "The number."}}
+    output_type = "number"
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+@tool
+def shout(text: str) -> str:
+    """The text in capitals."""
+    return text.upper()
+
+my_tools = [Scale(3), shout]
+'''
+
+
+@pytest.mark.parametrize("isolated", ["", "--isolated"])
+def test_tools_can_be_notebook_variables_next_to_toolsets(notebook, trace_file, isolated):
+    notebook.run(OWN_TOOLS)
+    notebook.reason(
+        f"{isolated} --tools documents,my_tools --model {script('magic_own_tools.txt')} "
+        f"--trace {trace_file}",
+        "Use them.",
+    )
+    trace = last_trace(trace_file)
+    assert trace.steps[0].output_text == "42 HI 3"  # the constructor argument arrived
+    assert "def scale(x: float) -> float:" in trace.messages[0]["content"]
+    assert "def new_document(" in trace.messages[0]["content"]
+
+
+@pytest.mark.parametrize(
+    "tools, message",
+    [
+        ("finance,no_such_tools", "UsageError: --tools no_such_tools: no toolset and no notebook "),
+        ("data", "UsageError: --tools data: not a tool: 1;"),
+    ],
+)
+def test_a_tools_name_that_is_neither_a_toolset_nor_tools_is_one_error_line(
+    notebook, tools, message
+):
+    notebook.run("data = [1, 2, 3]")
+    cell = notebook.reason(f"--tools {tools} --model {script('magic_own_tools.txt')}", "Go.")
+    assert len(cell.outputs) == 1
+    assert cell.outputs[0].text.startswith(message) and cell.outputs[0].text.count("\n") == 1

@@ -4,6 +4,10 @@ For tests and offline teaching. It behaves like a model with real stop/resume se
 the script in chunks from where the accepted assistant text ends, honours stop strings, and, after
 the Reasoner splices the real output in, continues with the script's next part. Output blocks that
 the script itself contains are skipped, since the real output takes their place.
+
+A script may hold several turns, one per question, each after a line ``=== question: TEXT``: a run
+replays the first turn whose TEXT its question contains (case-insensitive). That is how a notebook
+with several ``%%reason`` cells replays a recorded session with one model string.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ _OUTPUT_BLOCK_RE = re.compile(
     r"^[ ]{0,3}```output[ \t]*\n.*?^[ ]{0,3}```[ \t]*(?:\n|\Z)|<interpreter>.*?</interpreter>\n?",
     re.DOTALL | re.MULTILINE,
 )
+# The line that starts a turn of a script with several: ``=== question: TEXT``.
+_TURN_RE = re.compile(r"^=== question:[ \t]*(.*?)[ \t]*$\n?", re.MULTILINE)
 
 
 class ScriptedSampler:
@@ -32,7 +38,9 @@ class ScriptedSampler:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.script = script
-        self.model_text = _OUTPUT_BLOCK_RE.sub("", script)
+        # (question text, model text) per turn; a key of None answers any question.
+        self.turns = [(key, _OUTPUT_BLOCK_RE.sub("", text)) for key, text in _split_turns(script)]
+        self.model_text = self.turns[0][1]
         self.chunk_size = chunk_size
         self.delay = delay
         self.name = name
@@ -58,12 +66,32 @@ class ScriptedSampler:
         """Where the script continues: after all the model text accepted so far."""
         return sum(len(s.text) for s in request.segments if s.kind == "model")
 
+    def turn_for(self, messages: list[dict[str, Any]]) -> str:
+        """The model text that answers the last user message of ``messages``."""
+        if len(self.turns) == 1 and self.turns[0][0] is None:
+            return self.turns[0][1]
+        question = next(
+            (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        for key, text in self.turns:
+            if key is not None and key.lower() in question.lower():
+                return text
+        for key, text in self.turns:
+            if key is None:
+                return text
+        keys = ", ".join(repr(key) for key, _ in self.turns)
+        raise ValueError(
+            f"{self.name}: no turn of the script answers the question {question[:80]!r}; "
+            f"its turns are for questions containing {keys}"
+        )
+
     async def stream(self, request: SampleRequest) -> AsyncIterator[Delta]:
+        model_text = self.turn_for(request.messages)
         start = self._position(request)
-        end = len(self.model_text)
+        end = len(model_text)
         finish = "stop"
         for stop in request.stop:
-            at = self.model_text.find(stop, start)
+            at = model_text.find(stop, start)
             if at != -1:
                 end = min(end, at)
         if request.max_tokens is not None and end - start > request.max_tokens:
@@ -74,8 +102,26 @@ class ScriptedSampler:
                 await asyncio.sleep(self.delay)
             else:
                 await asyncio.sleep(0)  # a real model yields to the loop between deltas
-            piece = self.model_text[pos : min(pos + self.chunk_size, end)]
+            piece = model_text[pos : min(pos + self.chunk_size, end)]
             pos += len(piece)
             yield Delta(piece, finish_reason=finish if pos >= end else None)
         if start >= end:
             yield Delta("", finish_reason=finish)
+
+
+def _split_turns(script: str) -> list[tuple[str | None, str]]:
+    """The turns of a script: ``(None, script)`` without ``=== question:`` lines; otherwise one
+    per such line, plus any text before the first (a turn for every other question)."""
+    headers = list(_TURN_RE.finditer(script))
+    if not headers:
+        return [(None, script)]
+    turns: list[tuple[str | None, str]] = []
+    if script[: headers[0].start()].strip():
+        turns.append((None, script[: headers[0].start()]))
+    for header, following in zip(headers, [*headers[1:], None], strict=True):
+        end = following.start() if following is not None else len(script)
+        text = script[header.end() : end]
+        if not header.group(1):
+            raise ValueError(f"a '=== question:' line of the script names no question: {text!r}")
+        turns.append((header.group(1), text))
+    return turns
