@@ -34,8 +34,12 @@ def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
     return time.perf_counter() - t, value
 
 
-async def first_token_and_decode(sampler: TransformersSampler, messages: list[dict[str, Any]],
-                                 n: int, segments: list[Segment] | None = None) -> dict[str, float]:
+async def first_token_and_decode(
+    sampler: TransformersSampler,
+    messages: list[dict[str, Any]],
+    n: int,
+    segments: list[Segment] | None = None,
+) -> dict[str, float]:
     """Seconds to the first delta, then decode tokens per second over ``n`` tokens."""
     request = SampleRequest(messages, segments or [], max_tokens=n)
     t0 = time.perf_counter()
@@ -47,8 +51,12 @@ async def first_token_and_decode(sampler: TransformersSampler, messages: list[di
             first = time.perf_counter()
     end = time.perf_counter()
     assert first is not None
-    return {"ttft_s": first - t0, "decode_tok_s": (count - 1) / (end - first), "tokens": count,
-            "prefilled": sampler.prefilled_last}
+    return {
+        "ttft_s": first - t0,
+        "decode_tok_s": (count - 1) / (end - first),
+        "tokens": count,
+        "prefilled": sampler.prefilled_last,
+    }
 
 
 def main() -> int:
@@ -71,17 +79,24 @@ def main() -> int:
     results["rss_mib"] = psutil.Process().memory_info().rss / 2**20
 
     sampler = TransformersSampler(model, tokenizer, config=GenerationConfig(max_new_tokens=4096))
-    messages = [{"role": "user", "content": "Write a Python function that checks whether a "
-                 "number is prime, then explain it in detail."}]
+    messages = [
+        {
+            "role": "user",
+            "content": "Write a Python function that checks whether a "
+            "number is prime, then explain it in detail.",
+        }
+    ]
     n = 32 if args.quick else 128
     results["generation"] = asyncio.run(first_token_and_decode(sampler, messages, n))
 
     # Resume after a tool step with a ~1,500-token prefix: KV reuse vs re-prefilling it all.
-    prefix_text = ("The kernel printed a long table of values that the model now reads. " * 110)
+    prefix_text = "The kernel printed a long table of values that the model now reads. " * 110
     model_ids = sampler.encode(prefix_text)
     tool_text = "```output\n" + "\n".join(str(i * i) for i in range(40)) + "\n```\n"
-    segments = [Segment("model", prefix_text, token_ids=model_ids),
-                Segment("tool", tool_text, token_ids=sampler.encode(tool_text))]
+    segments = [
+        Segment("model", prefix_text, token_ids=model_ids),
+        Segment("tool", tool_text, token_ids=sampler.encode(tool_text)),
+    ]
     prompt = sampler.context_ids(SampleRequest(messages, segments))
     # Warm the cache with the prefix as the previous call would have left it.
     asyncio.run(first_token_and_decode(sampler, messages, 1, segments[:1]))
@@ -98,12 +113,18 @@ def main() -> int:
     print(f"| cached load (median of {len(loads)}) | {results['cached_load_s']:.1f} s |")
     print(f"| RSS after load | {results['rss_mib']:.0f} MiB |")
     print(f"| time to first token (short prompt) | {g['ttft_s'] * 1000:.0f} ms |")
-    print(f"| decode ({g['tokens']} tokens, {results['threads']} threads) | "
-          f"{g['decode_tok_s']:.1f} tok/s |")
-    print(f"| resume after a tool step, {len(prompt)}-token context: tokens prefilled | "
-          f"KV reuse {reuse['prefilled']} vs restart {restart['prefilled']} |")
-    print(f"| resume: time to first token | KV reuse {reuse['ttft_s'] * 1000:.0f} ms vs restart "
-          f"{restart['ttft_s'] * 1000:.0f} ms ({restart['ttft_s'] / reuse['ttft_s']:.1f}×) |")
+    print(
+        f"| decode ({g['tokens']} tokens, {results['threads']} threads) | "
+        f"{g['decode_tok_s']:.1f} tok/s |"
+    )
+    print(
+        f"| resume after a tool step, {len(prompt)}-token context: tokens prefilled | "
+        f"KV reuse {reuse['prefilled']} vs restart {restart['prefilled']} |"
+    )
+    print(
+        f"| resume: time to first token | KV reuse {reuse['ttft_s'] * 1000:.0f} ms vs restart "
+        f"{restart['ttft_s'] * 1000:.0f} ms ({restart['ttft_s'] / reuse['ttft_s']:.1f}×) |"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -87,6 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("file", type=Path, help="JSONL trace file")
     export.add_argument("--to", type=Path, required=True, dest="out", help="notebook to write")
     export.add_argument("--id", default=None, help="which trace (default: the last one)")
+
+    train = sub.add_parser("train", help="GRPO training on kernel traces (docs/training.md)")
+    train.add_argument("config", type=Path, help="TOML training config, e.g. configs/smoke.toml")
+    train.add_argument("--steps", type=int, default=None, help="train until this step")
+    train.add_argument("--out-dir", default=None, help="where metrics and checkpoints go")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in out_dir"
+    )
+
+    evaluate = sub.add_parser("eval", help="a policy's accuracy and tool use on held-out tasks")
+    evaluate.add_argument("config", type=Path, help="TOML training config")
+    evaluate.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint directory (default: the latest in out_dir, else the untrained model)",
+    )
+    evaluate.add_argument("--out-dir", default=None, help="where checkpoints and results are")
     return parser
 
 
@@ -98,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             return _reason(args)
         if args.command == "traces":
             return _traces_show(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "eval":
+            return _eval(args)
         return _export(args)
     except UsageError as e:
         return _fail(str(e))
@@ -198,6 +220,57 @@ def _export(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(args.out))
     print(f"wrote {args.out} ({len(nb.cells)} cells) from trace {trace.id}")
+    return 0
+
+
+# -- train / eval -----------------------------------------------------------------------------
+
+
+def _training_config(args: argparse.Namespace, **overrides: Any) -> Any:
+    from kernel_bridge.training.config import load_config
+
+    if args.out_dir is not None:
+        overrides["out_dir"] = args.out_dir
+    return load_config(args.config, **overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from kernel_bridge.training.trainer import run
+
+    overrides: dict[str, Any] = {"resume": True} if args.resume else {}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    config = _training_config(args, **overrides)
+    try:
+        history = run(config)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; continue with: kernel-bridge train {args.config} --resume",
+            file=sys.stderr,
+        )
+        return 130
+    out = Path(config.out_dir)
+    if history:
+        last = history[-1]
+        print(f"step {last['step']}: reward {last['reward']:.3f}, tool use {last['tool_use']:.2f}")
+    print(f"metrics: {out / 'metrics.jsonl'}; checkpoints: {out / 'checkpoints'}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from kernel_bridge.training.trainer import run_eval
+
+    config = _training_config(args)
+    if args.checkpoint is not None and not args.checkpoint.is_dir():
+        raise UsageError(f"no checkpoint directory at {args.checkpoint}")
+    metrics = run_eval(config, args.checkpoint)
+    keys = ["tasks", "correct", "reward", "tool_use", "code_steps", "tool_error_rate", "answered"]
+    keys += sorted(k for k in metrics if k.startswith("tier"))
+    for key in keys:
+        if key in metrics:
+            value = metrics[key]
+            print(f"{key:>16}  {value:.3f}" if isinstance(value, float) else f"{key:>16}  {value}")
+    print(f"traces: {Path(config.out_dir) / 'eval_traces.jsonl'}")
     return 0
 
 

@@ -174,8 +174,15 @@ class OutputCollector:
             # Only its text matters: skip building (and schema-checking) a node for it.
             self._add_stream(content["name"], content.get("text", ""))
             if self.on_output is not None:
-                self.on_output(from_dict({"output_type": "stream", "name": content["name"],
-                                          "text": content.get("text", "")}))
+                self.on_output(
+                    from_dict(
+                        {
+                            "output_type": "stream",
+                            "name": content["name"],
+                            "text": content.get("text", ""),
+                        }
+                    )
+                )
             return
         out = output_from_msg(msg)
         if msg_type == "stream":

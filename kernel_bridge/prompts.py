@@ -44,9 +44,7 @@ def default_examples(profile: Profile) -> list[dict[str, Any]]:
         "days = (date(2024, 3, 1) - date(2024, 1, 15)).days\n"
         "print(days)\n"
     )
-    answer = (
-        f"{profile.answer_tags[0]}46{profile.answer_tags[1]}" if profile.answer_tags else "46"
-    )
+    answer = f"{profile.answer_tags[0]}46{profile.answer_tags[1]}" if profile.answer_tags else "46"
     return [
         {"role": "user", "content": "How many days are there from 2024-01-15 to 2024-03-01?"},
         {

@@ -4,7 +4,6 @@ README's links and first commands point at things that exist."""
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import pytest
@@ -99,10 +98,6 @@ def test_readme_starts_with_the_two_commands():
     assert (ROOT / ".ci" / "run").is_file()
 
 
-# Written by other work in progress; a link to them is checked once they exist.
-PENDING = {"docs/training.md", "labextension/README.md"}
-
-
 def test_readme_and_docs_link_to_files_that_exist():
     for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         text = doc.read_text(encoding="utf-8")
@@ -110,7 +105,4 @@ def test_readme_and_docs_link_to_files_that_exist():
             if re.match(r"[a-z]+://", target):
                 continue
             path = (doc.parent / target).resolve()
-            if not path.exists() and str(path.relative_to(ROOT)) in PENDING:
-                warnings.warn(f"{doc.name} links to {target}, not written yet", stacklevel=1)
-                continue
             assert path.exists(), f"{doc.name} links to a missing {target}"

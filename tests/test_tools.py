@@ -500,7 +500,7 @@ def test_real_yfinance_without_network_falls_back_to_sample_data(tmp_path, capsy
 
 def test_offline_without_data_is_a_clear_error_and_no_numbers(tmp_path):
     prices = StockPrice(market=offline_market(tmp_path))
-    with pytest.raises(ToolError, match="no 1d prices for TSLA .* offline; nothing in the cache"):
+    with pytest.raises(ToolError, match=r"no 1d prices for TSLA .* offline; nothing in the cache"):
         prices("TSLA", "2020-01-01", "2020-02-01")
     with pytest.raises(ToolError, match="covers 2000-01 to 2010-03 only"):
         prices("AAPL", "2015-01-01", "2015-02-01")

@@ -8,8 +8,10 @@ those are prefilled. Every delta carries its token id and logprob for the trace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +78,10 @@ class TransformersSampler:
             eos_ids.append(tokenizer.eos_token_id)
         self.eos_ids = set(eos_ids)
         self._lock = threading.Lock()  # one generation at a time owns the cache
+        # Streams of one event loop wait for their turn on the loop, not in a worker thread: a
+        # worker blocked on ``_lock`` cannot run the holder's next step, and with more concurrent
+        # streams than the loop has workers (rollouts in parallel) every worker would be blocked.
+        self._turns: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._cache: Any = None
         self._cache_ids: list[int] = []
         self.prefilled_last = 0  # tokens prefilled by the last call (for benchmarks and tests)
@@ -139,9 +145,27 @@ class TransformersSampler:
             )
         return ids
 
+    def reset_cache(self) -> None:
+        """Forget the KV cache, e.g. after the model's weights changed (a training step)."""
+        with self._lock:
+            self._cache = None
+            self._cache_ids = []
+
     # -- generation ----------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        turn = self._turns.setdefault(loop, asyncio.Lock())
+        async with turn:
+            yield
+
     async def stream(self, request: SampleRequest) -> AsyncIterator[Delta]:
+        async with self._turn(), contextlib.aclosing(self._generate(request)) as generation:
+            async for delta in generation:
+                yield delta
+
+    async def _generate(self, request: SampleRequest) -> AsyncGenerator[Delta, None]:
         context = self.context_ids(request)
         budget = min(self.config.max_new_tokens, request.max_tokens or self.config.max_new_tokens)
         out = _Output(_Detokenizer(self.tokenizer), [s for s in request.stop if s])

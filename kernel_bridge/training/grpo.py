@@ -1,0 +1,205 @@
+"""GRPO in torch: group-normalized advantages, the clipped loss, and chunked token logprobs.
+
+The whole objective is ``grpo_loss`` below, one screen. For one completion i of a group and one of
+its model tokens t (tool tokens and padding have ``mask == 0`` and contribute nothing):
+
+    A_i     = (r_i - mean(r_group)) / std(r_group)            advantage, shared by every token
+    ratio   = exp(logp_t - old_logp_t)                         π_θ / π_old for that token
+    loss_t  = -min(ratio · A_i, clip(ratio, 1-ε_low, 1+ε_high) · A_i) + β · KL_t
+    loss    = Σ mask · loss_t / Σ mask                         token-level mean over the batch
+
+``KL_t`` is the k3 estimator ``exp(ref - logp) - (ref - logp) - 1``: ≥ 0, unbiased for
+KL(π_θ‖π_ref).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def group_advantages(
+    rewards: torch.Tensor, groups: Sequence[Any], scale: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
+    """Each reward minus its group's mean, divided by the group's std when ``scale``.
+
+    ``groups[i]`` names the group of ``rewards[i]`` (the prompt it answered). A group whose
+    rewards are all equal gets advantage 0: it says nothing about which completion was better.
+    """
+    advantages = torch.zeros_like(rewards, dtype=torch.float32)
+    for group in dict.fromkeys(groups):
+        index = torch.tensor([i for i, g in enumerate(groups) if g == group])
+        r = rewards[index].float()
+        centered = r - r.mean()
+        if scale:
+            std = r.std() if len(r) > 1 else torch.tensor(0.0)
+            centered = centered / (std + eps)
+        advantages[index] = centered
+    return advantages
+
+
+def grpo_loss(
+    logprobs: torch.Tensor,  # [B, T] log π_θ of each completion token (with grad)
+    old_logprobs: torch.Tensor,  # [B, T] log π_old of the same tokens (no grad)
+    advantages: torch.Tensor,  # [B]
+    mask: torch.Tensor,  # [B, T] 1 for model tokens; 0 for tool tokens and padding
+    ref_logprobs: torch.Tensor | None = None,  # [B, T] log π_ref, needed when beta > 0
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    beta: float = 0.0,
+    aggregation: str = "token",  # "token": mean over all model tokens; "sequence": per sequence
+    num_tokens: float | None = None,  # the normalizer of "token" (model tokens in the whole batch)
+    num_sequences: float | None = None,  # the normalizer of "sequence"
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped GRPO objective (to minimize) and a few statistics of it."""
+    mask = mask.bool()
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages[:, None]
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    kl = torch.zeros_like(per_token)
+    if beta:
+        assert ref_logprobs is not None, "beta > 0 needs the reference policy's logprobs"
+        delta = ref_logprobs - logprobs
+        kl = torch.exp(delta) - delta - 1
+        per_token = per_token + beta * kl
+    # Tool tokens and padding: where(), not a product, so not even a NaN there can leak gradient.
+    per_token = torch.where(mask, per_token, 0.0)
+    if aggregation == "token":
+        loss = per_token.sum() / (num_tokens or mask.sum().clamp(min=1))
+    else:
+        per_sequence = per_token.sum(-1) / mask.sum(-1).clamp(min=1)
+        loss = per_sequence.sum() / (num_sequences or len(per_sequence))
+    with torch.no_grad():
+        tokens = mask.sum().clamp(min=1)
+        stats = {
+            "clip_fraction": float(((clipped < unclipped) & mask).sum() / tokens),
+            "kl": float(torch.where(mask, kl, 0.0).sum() / tokens),
+            "ratio_max": float(torch.where(mask, ratio, 0.0).max()) if mask.any() else 1.0,
+        }
+    return loss, stats
+
+
+# -- token logprobs ------------------------------------------------------------------------------
+
+
+def _head_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias).float()
+    return logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def token_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    start: int = 0,
+    chunk_size: int = 512,
+) -> torch.Tensor:
+    """``log p(input_ids[:, t+1] | input_ids[:, :t+1])`` for ``t`` from ``start``: [B, T-1-start].
+
+    With ``chunk_size > 0`` the LM head runs on ``chunk_size`` positions at a time under activation
+    checkpointing: neither the forward nor the backward pass ever holds more than
+    [chunk_size × vocab] logits, instead of [batch × length × vocab].
+    """
+    decoder = _decoder(model)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = hidden[:, start:-1]
+    targets = input_ids[:, start + 1 :]
+    head = model.get_output_embeddings()
+    if chunk_size <= 0:
+        return _head_logprobs(hidden, head.weight, head.bias, targets)
+    batch, length, width = hidden.shape
+    flat_hidden, flat_targets = hidden.reshape(-1, width), targets.reshape(-1)
+    pieces = []
+    for at in range(0, flat_hidden.shape[0], chunk_size):
+        h, t = flat_hidden[at : at + chunk_size], flat_targets[at : at + chunk_size]
+        if torch.is_grad_enabled():
+            pieces.append(
+                checkpoint(_head_logprobs, h, head.weight, head.bias, t, use_reentrant=False)
+            )
+        else:
+            pieces.append(_head_logprobs(h, head.weight, head.bias, t))
+    return torch.cat(pieces).reshape(batch, length)
+
+
+def _decoder(model: Any) -> Any:
+    """The transformer body (embeddings, layers, final norm) of a causal LM, peft-wrapped or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    if decoder is None:
+        decoder = getattr(base, base.base_model_prefix)
+    return decoder
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Sequences padded to one length; completion-aligned tensors start at ``start``.
+
+    ``mask``, ``old_logprobs``, ``recorded`` are [B, T-1-start], aligned with ``token_logprobs``.
+    ``recorded`` holds the sampler's logprobs (NaN where it has none).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mask: torch.Tensor
+    recorded: torch.Tensor
+    advantages: torch.Tensor
+    start: int
+
+    def to(self, device: Any) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.mask.to(device),
+            self.recorded.to(device),
+            self.advantages.to(device),
+            self.start,
+        )
+
+
+def make_batch(
+    sequences: Sequence[tuple[list[int], list[int], list[int], list[float]]],
+    advantages: Sequence[float],
+    pad_id: int,
+) -> Batch:
+    """Pad (prompt ids, completion ids, mask, recorded logprobs) rows into one ``Batch``.
+
+    Logprobs are computed only from the shortest prompt on: prompt positions carry no loss, and on
+    a big vocabulary the LM head over a long system prompt would cost as much as the completion.
+    """
+    lengths = [len(p) + len(c) for p, c, _, _ in sequences]
+    width = max(lengths)
+    start = min(len(p) for p, _, _, _ in sequences) - 1
+    rows = len(sequences)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((rows, width), dtype=torch.long)
+    mask = torch.zeros((rows, width - 1), dtype=torch.bool)
+    recorded = torch.full((rows, width - 1), float("nan"))
+    for row, (prompt, completion, loss_mask, logps) in enumerate(sequences):
+        ids = prompt + completion
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        # Position t predicts token t + 1: completion token j sits at len(prompt) - 1 + j.
+        at = len(prompt) - 1
+        mask[row, at : at + len(completion)] = torch.tensor(loss_mask, dtype=torch.bool)
+        recorded[row, at : at + len(completion)] = torch.tensor(logps, dtype=torch.float32)
+    return Batch(
+        input_ids,
+        attention,
+        mask[:, start:],
+        recorded[:, start:],
+        torch.tensor(list(advantages), dtype=torch.float32),
+        start,
+    )

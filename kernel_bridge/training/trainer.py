@@ -1,0 +1,767 @@
+"""The GRPO trainer: rollouts → rewards → advantages → clipped update → new weights to the sampler.
+
+One step: ``prompts_per_step`` tasks, ``group_size`` rollouts each through the ``Reasoner`` with a
+fresh kernel per rollout; every trace scored by the rewards; advantages normalized within each
+group; the batch built from ``Trace.training_view`` (the sampler's own token ids, never the
+re-tokenized text); the loss of ``grpo.grpo_loss`` over model tokens only; one optimizer step per
+pass over the batch; then the sampler gets the new weights (the transformers sampler drops its KV
+cache, the colocated vLLM engine receives the weights and resets its prefix cache).
+
+Old-policy logprobs (``old_logprobs = "sampler"``, the default) are the ones the sampler recorded
+while generating; the trainer's own values for the same tokens, from the first forward pass of
+the update (the policy has not changed yet), check them: a trace whose recorded logprobs differ by
+more than ``logprob_tolerance`` anywhere, and any token without a recorded value, uses the
+trainer's. ``logprob_diff_max`` in the metrics is that comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import math
+import random
+import resource
+import shutil
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kernel_bridge.kernel import KernelPool
+from kernel_bridge.reasoner import Limits
+from kernel_bridge.trace import Trace, TraceStore, load_traces
+from kernel_bridge.training.config import ConfigError, TrainConfig
+from kernel_bridge.training.grpo import group_advantages, grpo_loss, make_batch, token_logprobs
+from kernel_bridge.training.policy import load_policy, trainable_parameters
+from kernel_bridge.training.rewards import RewardFn, Rewards, as_rewards
+from kernel_bridge.training.rollout import Rollout, RolloutSettings, collect_rollouts
+from kernel_bridge.training.tasks import Task, builtin_tasks, hold_out, load_tasks, split_tasks
+
+NAN = float("nan")
+
+
+@dataclass
+class Example:
+    """One trace as the update sees it; ``recorded`` is the sampler's logprob per completion token
+    (NaN where it has none)."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    mask: list[int]
+    recorded: list[float]
+    advantage: float
+
+    @property
+    def row(self) -> tuple[list[int], list[int], list[int], list[float]]:
+        return self.prompt_ids, self.completion_ids, self.mask, self.recorded
+
+
+def training_example(trace: Trace, tokenizer: Any, advantage: float, max_len: int) -> Example:
+    """``trace.training_view`` plus the recorded logprobs, cut to ``max_len`` tokens.
+
+    A run that ended with an answer ended because the model sampled its end-of-turn token, which
+    the trace does not keep; it is appended (a model token) so the policy also learns when to stop.
+    """
+    view = trace.training_view(tokenizer)
+    recorded: list[float] = []
+    for segment in trace.segments:
+        if segment.token_ids is not None:
+            count = len(segment.token_ids)
+        else:
+            count = len(tokenizer.encode(segment.text, add_special_tokens=False))
+        if segment.kind == "model" and segment.token_ids is not None and segment.logprobs:
+            recorded.extend(segment.logprobs)
+        else:
+            recorded.extend([NAN] * count)
+    completion, mask = list(view.completion_ids), list(view.mask)
+    assert len(recorded) == len(completion), "recorded logprobs out of step with the view"
+    eos = getattr(tokenizer, "eos_token_id", None)
+    ended = (
+        trace.finish_reason == "answer" and trace.segments and trace.segments[-1].kind == "model"
+    )
+    if ended and eos is not None:
+        completion.append(eos)
+        mask.append(1)
+        recorded.append(NAN)
+    room = max(0, max_len - len(view.prompt_ids))
+    return Example(
+        view.prompt_ids, completion[:room], mask[:room], recorded[:room], float(advantage)
+    )
+
+
+class Trainer:
+    """GRPO on kernel traces. ``async with Trainer(config) as trainer: await trainer.train()``.
+
+    ``model``/``tokenizer`` default to ``load_policy(config)``; ``tasks`` to the configured task
+    set (its held-out split becomes ``eval_tasks``); ``reward`` to ``Rewards(config.rewards)`` —
+    any ``(trace, task) -> float`` function or ``Rewards`` works.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        tasks: Sequence[Task] | None = None,
+        reward: Rewards | RewardFn | Mapping[Any, float] | None = None,
+    ) -> None:
+        self.config = config
+        torch.manual_seed(config.seed)
+        if model is None:
+            model, tokenizer = load_policy(config)
+        elif tokenizer is None:
+            raise ConfigError("a model passed to Trainer needs its tokenizer too")
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.rewards = as_rewards(reward if reward is not None else dict(config.rewards))
+        all_tasks = list(tasks) if tasks is not None else self._load_tasks()
+        self.train_tasks, self.eval_tasks = split_tasks(all_tasks)
+        self.offline = self._load_offline(all_tasks) if config.traces else None
+        if not self.train_tasks and self.offline is None:
+            raise ConfigError("no training tasks: every task is in the held-out split")
+        self.params = trainable_parameters(model)
+        if not self.params:
+            raise ConfigError("the model has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(
+            self.params.values(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        warmup = config.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        self.ref_model = None
+        if config.beta > 0 and not hasattr(model, "disable_adapter"):
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.backend = self._resolve_backend()
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.out_dir = Path(config.out_dir)
+        self.pool: KernelPool | None = None
+        self.sampler: Any = None
+        self.engine: Any = None  # ColocatedVLLM on the vLLM backend
+        self._reporters: _Reporters | None = None
+        self.settings = RolloutSettings(
+            limits=Limits(
+                max_steps=config.max_code_steps,
+                max_tokens=config.max_tokens,
+                step_timeout=config.step_timeout,
+                time_limit=config.rollout_time_limit,
+            ),
+            profile=config.profile,
+            system_prompt=config.system_prompt,
+        )
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _load_tasks(self) -> list[Task]:
+        c = self.config
+        if c.tasks == "builtin":
+            return builtin_tasks(c.tiers)
+        return hold_out(load_tasks(c.tasks), c.heldout_fraction)
+
+    def _load_offline(self, tasks: list[Task]) -> list[list[tuple[Trace, Task | None]]]:
+        """Recorded traces grouped by question; each paired with the task that asks it, if any.
+
+        A question with a single trace has nothing to be compared with, so lone traces form one
+        group together (their baseline is their mean).
+        """
+        by_question = {task.question: task for task in tasks}
+        groups: dict[str, list[tuple[Trace, Task | None]]] = {}
+        for trace in load_traces(self.config.traces):
+            if trace.finish_reason is None or not trace.segments:
+                continue
+            question = trace.question or ""
+            groups.setdefault(question, []).append((trace, by_question.get(question)))
+        if not groups:
+            raise ConfigError(f"{self.config.traces} holds no finished traces to train on")
+        together = [g for g in groups.values() if len(g) > 1]
+        alone = [item for g in groups.values() if len(g) == 1 for item in g]
+        return together + ([alone] if alone else [])
+
+    def _resolve_backend(self) -> str:
+        from kernel_bridge.training.colocate import vllm_available
+
+        backend = self.config.backend
+        if backend == "auto":
+            usable = vllm_available() and self.device.type == "cuda"
+            backend = "vllm" if usable and self.config.model != "tiny" else "transformers"
+        if backend == "vllm" and not vllm_available():
+            raise ConfigError('backend = "vllm" needs vLLM and a CUDA GPU (pip install vllm)')
+        return backend
+
+    async def start(self) -> Trainer:
+        """Start the kernel pool and the sampler; resume from a checkpoint if configured."""
+        c = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if c.resume:
+            latest = latest_checkpoint(self.out_dir)
+            if latest is not None:
+                self.load_checkpoint(latest)
+                _truncate_jsonl(self.out_dir / "metrics.jsonl", self.step)  # steps run again
+        if self.backend == "vllm":
+            from kernel_bridge.training.colocate import ColocatedVLLM, vllm_model_path
+
+            self.engine = ColocatedVLLM(
+                vllm_model_path(c.model),
+                self.tokenizer,
+                temperature=c.temperature,
+                top_p=c.top_p,
+                max_tokens=c.max_tokens,
+                max_model_len=c.max_seq_len,
+                gpu_memory_utilization=c.gpu_memory_utilization,
+                dtype=str(next(self.model.parameters()).dtype).removeprefix("torch."),
+                seed=c.seed,
+                sleep=c.vllm_sleep,
+            )
+            self.sampler = self.engine.sampler
+            await self.engine.load(self.model)  # the trainer's weights (also after a resume)
+        else:
+            self.sampler = self._transformers_sampler(c.temperature)
+        if self.offline is None or c.eval_every:
+            self.pool = await KernelPool(size=c.pool_size).start()
+        self._reporters = _Reporters(c, self.out_dir)
+        return self
+
+    def _transformers_sampler(self, temperature: float) -> Any:
+        from kernel_bridge.samplers.transformers import GenerationConfig, TransformersSampler
+
+        generation = GenerationConfig(
+            temperature=temperature, top_p=self.config.top_p, max_new_tokens=self.config.max_tokens
+        )
+        return TransformersSampler(
+            self.model, self.tokenizer, config=generation, name=self.config.model
+        )
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+        if self.engine is not None:
+            await self.engine.close()
+            self.engine = None
+        if self._reporters is not None:
+            self._reporters.close()
+            self._reporters = None
+
+    async def __aenter__(self) -> Trainer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def step_tasks(self, step: int) -> list[Task]:
+        """The tasks of ``step``: a fixed shuffle per epoch, so a resumed run sees the same ones."""
+        n, per_step = len(self.train_tasks), self.config.prompts_per_step
+        chosen = []
+        for position in range(step * per_step, (step + 1) * per_step):
+            epoch, at = divmod(position, n)
+            order = random.Random(f"{self.config.seed}/{epoch}").sample(range(n), n)
+            chosen.append(self.train_tasks[order[at]])
+        return chosen
+
+    async def generate(self, tasks: Sequence[Task], group_size: int | None = None) -> list[Rollout]:
+        """``group_size`` scored rollouts of each task (the sampler has the current weights)."""
+        if self.pool is None:
+            raise RuntimeError("the trainer is not started: use `async with Trainer(...)`")
+        if self.engine is not None:
+            await self.engine.load(self.model)
+        self.model.eval()
+        rollouts = await collect_rollouts(
+            self.sampler, self.pool, tasks, group_size or self.config.group_size, self.settings
+        )
+        self.score(rollouts)
+        return rollouts
+
+    def score(self, rollouts: Sequence[Rollout]) -> None:
+        for rollout in rollouts:
+            rollout.reward = self.rewards(rollout.trace, rollout.task)
+            rollout.trace.reward = rollout.reward.total
+
+    def offline_rollouts(self, step: int) -> list[Rollout]:
+        """The recorded traces of ``step``: ``prompts_per_step`` groups, in a fixed shuffle."""
+        assert self.offline is not None
+        groups = self.offline
+        n, per_step = len(groups), min(self.config.prompts_per_step, len(self.offline))
+        chosen = []
+        for position in range(step * per_step, (step + 1) * per_step):
+            epoch, at = divmod(position, n)
+            chosen.append(
+                groups[random.Random(f"{self.config.seed}/{epoch}").sample(range(n), n)[at]]
+            )
+        rollouts = [
+            Rollout(task, index, trace)
+            for index, group in enumerate(chosen)
+            for trace, task in group
+        ]
+        self.score(rollouts)
+        return rollouts
+
+    def update(self, rollouts: Sequence[Rollout]) -> dict[str, float]:
+        """The GRPO update on one batch of scored rollouts; returns loss and diagnostics."""
+        c = self.config
+        rewards = torch.tensor([r.reward.total for r in rollouts])  # type: ignore[union-attr]
+        advantages = group_advantages(rewards, [r.group for r in rollouts], c.scale_rewards)
+        examples = [
+            training_example(r.trace, self.tokenizer, float(a), c.max_seq_len)
+            for r, a in zip(rollouts, advantages, strict=True)
+        ]
+        num_tokens = sum(sum(e.mask) for e in examples)  # every model token of the batch
+        # With β = 0 a zero advantage makes a sequence's loss exactly 0: skip its forward pass.
+        active = [e for e in examples if sum(e.mask) and (e.advantage != 0 or c.beta > 0)]
+        active.sort(key=lambda e: len(e.prompt_ids) + len(e.completion_ids), reverse=True)
+        micro = [
+            active[i : i + c.micro_batch_size] for i in range(0, len(active), c.micro_batch_size)
+        ]
+        stats: dict[str, float] = {
+            "sequences_updated": len(active),
+            "model_tokens_batch": num_tokens,
+        }
+        check = _LogprobCheck(c.logprob_tolerance)
+        if not micro:  # every group's completions scored alike: nothing to learn from this batch
+            return {
+                **stats,
+                **check.stats(),
+                "loss": 0.0,
+                "grad_norm": 0.0,
+                "clip_fraction": 0.0,
+                "kl": 0.0,
+                "update_tokens": 0,
+                "lr": float(self.scheduler.get_last_lr()[0]),
+            }
+        olds: list[torch.Tensor] = []
+        refs: list[torch.Tensor | None] = []
+        pad = self.tokenizer.pad_token_id
+        self.model.train()
+        losses, clip, kl, tokens_seen = [], [], [], 0
+        try:
+            for epoch in range(c.updates_per_batch):
+                self.optimizer.zero_grad(set_to_none=True)
+                total = 0.0
+                for i, rows in enumerate(micro):
+                    batch = make_batch([e.row for e in rows], [e.advantage for e in rows], pad)
+                    batch = batch.to(self.device)
+                    logprobs = token_logprobs(
+                        self.model, batch.input_ids, batch.attention_mask, batch.start,
+                        c.logprob_chunk,
+                    )  # fmt: skip
+                    if epoch == 0:  # the policy is still π_old: its values are the old logprobs
+                        trainer_old = logprobs.detach()
+                        if c.old_logprobs == "sampler":
+                            olds.append(check(batch.recorded, trainer_old, batch.mask))
+                        else:
+                            olds.append(trainer_old)
+                        refs.append(self._ref_logprobs(batch) if c.beta > 0 else None)
+                    loss, s = grpo_loss(
+                        logprobs, olds[i], batch.advantages, batch.mask, refs[i],
+                        clip_low=c.clip_low, clip_high=c.clip_high, beta=c.beta,
+                        aggregation=c.loss_aggregation, num_tokens=num_tokens,
+                        num_sequences=len(examples),
+                    )  # fmt: skip
+                    loss.backward()
+                    total += float(loss.detach())
+                    clip.append(s["clip_fraction"])
+                    kl.append(s["kl"])
+                    tokens_seen += int(batch.attention_mask.sum())
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    list(self.params.values()), c.max_grad_norm
+                )
+                self.optimizer.step()
+                self.scheduler.step()
+                losses.append(total)
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.model.eval()
+        return {
+            **stats,
+            **check.stats(),
+            "loss": losses[0],
+            "grad_norm": float(grad_norm),
+            "clip_fraction": statistics.fmean(clip),
+            "kl": statistics.fmean(kl),
+            "update_tokens": tokens_seen,
+            "lr": float(self.scheduler.get_last_lr()[0]),
+        }
+
+    def _ref_logprobs(self, batch: Any) -> torch.Tensor:
+        with torch.no_grad():
+            if self.ref_model is not None:
+                model, context = self.ref_model, contextlib.nullcontext()
+            else:
+                model, context = self.model, self.model.disable_adapter()  # LoRA: the base model
+            with context:
+                return token_logprobs(
+                    model, batch.input_ids, batch.attention_mask, batch.start,
+                    self.config.logprob_chunk,
+                )  # fmt: skip
+
+    async def train_step(self) -> dict[str, Any]:
+        """One GRPO step (rollouts or recorded traces, then the update); returns its metrics."""
+        begin = time.perf_counter()
+        if _cuda(self.device):
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.offline is not None:
+            rollouts = self.offline_rollouts(self.step)
+        else:
+            rollouts = await self.generate(self.step_tasks(self.step))
+        rollout_s = time.perf_counter() - begin
+        if self.engine is not None:
+            await self.engine.sleep()
+        t = time.perf_counter()
+        update = self.update(rollouts)
+        update_s = time.perf_counter() - t
+        if self.engine is None and self.sampler is not None:
+            self.sampler.reset_cache()  # its KV cache holds keys and values of the old weights
+        self.step += 1
+        metrics = {
+            "step": self.step,
+            **rollout_metrics(rollouts),
+            **update,
+            "rollout_s": rollout_s,
+            "update_s": update_s,
+            "step_s": time.perf_counter() - begin,
+            "update_tokens_per_s": update["update_tokens"] / update_s if update_s else 0.0,
+            "peak_memory_mb": peak_memory_mb(self.device),
+        }
+        if self.offline is None:
+            metrics["generation_tokens_per_s"] = metrics["model_tokens_total"] / rollout_s
+        if self.config.save_rollouts:
+            store = TraceStore(self.out_dir / "rollouts.jsonl")
+            for rollout in rollouts:
+                store.append(rollout.trace)
+        self.history.append(metrics)
+        if self._reporters is not None:
+            self._reporters.log(metrics)
+        return metrics
+
+    async def train(self, steps: int | None = None) -> list[dict[str, Any]]:
+        """Run until ``steps`` (default ``config.steps``) steps are done in total; checkpoints and
+        held-out evaluations as configured. Returns the metrics of the steps run now."""
+        c = self.config
+        until = steps if steps is not None else c.steps
+        done: list[dict[str, Any]] = []
+        bar = _Progress(c.progress, until, self.step)
+        try:
+            while self.step < until:
+                metrics = await self.train_step()
+                done.append(metrics)
+                bar.update(metrics)
+                if c.save_every and self.step % c.save_every == 0:
+                    self.save_checkpoint()
+                if c.eval_every and self.step % c.eval_every == 0:
+                    await self.evaluate()
+        finally:
+            bar.close()
+        if done and not (c.save_every and self.step % c.save_every == 0):
+            self.save_checkpoint()
+        return done
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    async def evaluate(self, tasks: Sequence[Task] | None = None) -> dict[str, Any]:
+        """Greedy rollouts of the held-out tasks (or ``tasks``); accuracy and tool use, by tier."""
+        tasks = list(tasks if tasks is not None else self.eval_tasks)
+        if self.config.eval_max_tasks:
+            tasks = tasks[: self.config.eval_max_tasks]
+        if not tasks:
+            raise ConfigError("no held-out tasks to evaluate")
+        if self.pool is None:
+            raise RuntimeError("the trainer is not started: use `async with Trainer(...)`")
+        if self.engine is not None:
+            from kernel_bridge.samplers.vllm import VLLMEngineSampler
+
+            await self.engine.load(self.model)
+            sampler = VLLMEngineSampler(
+                self.engine.engine, self.tokenizer, temperature=0.0,
+                max_tokens=self.config.max_tokens,
+            )  # fmt: skip
+        else:
+            sampler = self._transformers_sampler(0.0)  # greedy
+        self.model.eval()
+        begin = time.perf_counter()
+        rollouts = await collect_rollouts(sampler, self.pool, tasks, 1, self.settings)
+        self.score(rollouts)
+        metrics: dict[str, Any] = {"step": self.step, "tasks": len(tasks)}
+        metrics.update(rollout_metrics(rollouts))
+        metrics["eval_s"] = time.perf_counter() - begin
+        tiers = {r.task.tier if r.task else 0 for r in rollouts}
+        for tier in sorted(tiers):
+            of_tier = [r for r in rollouts if r.task and r.task.tier == tier]
+            metrics[f"tier{tier}_correct"] = _mean(
+                [r.reward.parts.get("correct", NAN) for r in of_tier]  # type: ignore[union-attr]
+            )
+        store = TraceStore(self.out_dir / "eval_traces.jsonl")
+        for rollout in rollouts:
+            store.append(rollout.trace)
+        with open(self.out_dir / "eval.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(_jsonable(metrics)) + "\n")
+        if self._reporters is not None:
+            self._reporters.log(
+                {f"eval/{k}": v for k, v in metrics.items() if k != "step"}, self.step
+            )
+        return metrics
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Write the trainable weights, optimizer, scheduler and RNG state of this step."""
+        from safetensors.torch import save_file
+
+        root = self.out_dir / "checkpoints"
+        path = root / f"step-{self.step:06d}"
+        tmp = root / f".step-{self.step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        weights = {n: p.detach().cpu().contiguous() for n, p in self.params.items()}
+        save_file(weights, str(tmp / "weights.safetensors"))
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        torch.save(state, tmp / "optimizer.pt")
+        info = {"step": self.step, "model": self.config.model, "lora": self.config.lora}
+        (tmp / "state.json").write_text(json.dumps(info, indent=2) + "\n")
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        for old in sorted(root.glob("step-*"))[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> int:
+        """Restore a checkpoint of the same model; the step count continues from it."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        try:
+            info = json.loads((path / "state.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path} is not a training checkpoint ({e})") from None
+        if (info.get("model"), info.get("lora")) != (self.config.model, self.config.lora):
+            raise ConfigError(
+                f"{path} was written for model={info.get('model')!r}, lora={info.get('lora')}, "
+                f"not model={self.config.model!r}, lora={self.config.lora}; point out_dir "
+                "elsewhere or set resume = false"
+            )
+        weights = load_file(str(path / "weights.safetensors"))
+        if set(weights) != set(self.params):
+            raise ConfigError(f"{path} holds other parameters than this model trains")
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                self.params[name].copy_(tensor)
+        state = torch.load(path / "optimizer.pt", map_location=self.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.step = int(info["step"])
+        if self.sampler is not None and self.engine is None:
+            self.sampler.reset_cache()
+        return self.step
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+def rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
+    """Reward, its parts, tool use and token counts of a set of rollouts."""
+    traces = [r.trace for r in rollouts]
+    totals = [r.reward.total for r in rollouts if r.reward is not None]
+    metrics: dict[str, float] = {
+        "reward": _mean(totals),
+        "reward_std": statistics.pstdev(totals) if len(totals) > 1 else 0.0,
+    }
+    for name in rollouts[0].reward.parts if rollouts and rollouts[0].reward else ():
+        metrics[name] = _mean([r.reward.parts[name] for r in rollouts if r.reward])
+    steps = [s for t in traces for s in t.steps]
+    metrics["tool_use"] = _mean([1.0 if t.steps else 0.0 for t in traces])
+    metrics["code_steps"] = _mean([len(t.steps) for t in traces])
+    metrics["tool_error_rate"] = _mean([s.status != "ok" for s in steps]) if steps else 0.0
+    metrics["answered"] = _mean([t.finish_reason == "answer" for t in traces])
+    metrics["model_tokens"] = _mean([t.usage.model_tokens for t in traces])
+    metrics["model_tokens_total"] = sum(t.usage.model_tokens for t in traces)
+    metrics["tool_tokens"] = _mean([t.usage.tool_tokens for t in traces])
+    metrics["sampling_s"] = sum(t.timings.get("sampling_s", 0.0) for t in traces)
+    metrics["kernel_s"] = sum(t.timings.get("kernel_s", 0.0) for t in traces)
+    groups: dict[int, list[float]] = {}
+    for rollout in rollouts:
+        if rollout.reward is not None:
+            groups.setdefault(rollout.group, []).append(rollout.reward.total)
+    metrics["groups_with_signal"] = _mean([len(set(g)) > 1 for g in groups.values()])
+    return metrics
+
+
+class _LogprobCheck:
+    """Recorded logprobs where they agree with the trainer's; the trainer's elsewhere."""
+
+    def __init__(self, tolerance: float) -> None:
+        self.tolerance = tolerance
+        self.diffs: list[torch.Tensor] = []
+        self.fallbacks = 0
+        self.sequences = 0
+
+    def __call__(
+        self, recorded: torch.Tensor, trainer: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        have = mask & ~torch.isnan(recorded)
+        diff = torch.where(have, (recorded - trainer).abs(), 0.0)
+        self.diffs.append(diff[have].float().cpu())
+        agree = diff.amax(dim=-1) <= self.tolerance  # per sequence
+        self.fallbacks += int((~agree & have.any(-1)).sum())
+        self.sequences += len(agree)
+        use = have & agree[:, None]
+        return torch.where(use, recorded, trainer)
+
+    def stats(self) -> dict[str, float]:
+        diffs = torch.cat(self.diffs) if self.diffs else torch.zeros(0)
+        return {
+            "logprob_diff_max": float(diffs.max()) if len(diffs) else NAN,
+            "logprob_diff_mean": float(diffs.mean()) if len(diffs) else NAN,
+            "logprob_tokens_compared": len(diffs),
+            "logprob_fallbacks": self.fallbacks,
+        }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory: allocated on the GPU this step, else the process's peak resident set."""
+    if _cuda(device):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cuda(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def _mean(values: Sequence[float]) -> float:
+    values = [float(v) for v in values if not math.isnan(float(v))]
+    return statistics.fmean(values) if values else NAN
+
+
+def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
+    """NaN and infinities become null: strict JSON for any reader."""
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+        for k, v in metrics.items()
+    }
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    found = sorted(Path(out_dir).glob("checkpoints/step-*/state.json"))
+    return found[-1].parent if found else None
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """Drop metric lines of steps after ``step`` (they are run again after a resume)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+class _Reporters:
+    """Metrics to ``out_dir/metrics.jsonl``, and to TensorBoard or W&B when asked for."""
+
+    def __init__(self, config: TrainConfig, out_dir: Path) -> None:
+        self.jsonl = out_dir / "metrics.jsonl" if "jsonl" in config.report_to else None
+        self.tensorboard: Any = None
+        self.wandb: Any = None
+        if "tensorboard" in config.report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("report_to tensorboard needs: pip install tensorboard") from None
+            self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
+        if "wandb" in config.report_to:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("report_to wandb needs: pip install wandb") from None
+            self.wandb = wandb.init(project="kernel-bridge", config=config.to_dict())
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        step = int(metrics.get("step", 0)) if step is None else step
+        if self.jsonl is not None and "step" in metrics:
+            with open(self.jsonl, "a", encoding="utf-8") as f:
+                f.write(json.dumps(_jsonable(metrics)) + "\n")
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tensorboard is not None:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+class _Progress:
+    """A tqdm bar over steps showing reward, correctness and tool use (plain lines without tqdm)."""
+
+    def __init__(self, enabled: bool, total: int, initial: int) -> None:
+        self.bar: Any = None
+        self.enabled = enabled
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, desc="GRPO", unit="step")
+            except ImportError:
+                self.bar = None
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        shown = {
+            "reward": f"{metrics['reward']:.3f}",
+            "tool_use": f"{metrics['tool_use']:.2f}",
+        }
+        if "correct" in metrics:
+            shown["correct"] = f"{metrics['correct']:.2f}"
+        if self.bar is not None:
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(1)
+        elif self.enabled:
+            print(f"step {metrics['step']}: " + " ".join(f"{k} {v}" for k, v in shown.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(config: TrainConfig, **trainer_options: Any) -> list[dict[str, Any]]:
+    """Train as configured (blocking); returns the metrics of the steps run."""
+
+    async def go() -> list[dict[str, Any]]:
+        async with Trainer(config, **trainer_options) as trainer:
+            return await trainer.train()
+
+    return asyncio.run(go())
+
+
+def run_eval(config: TrainConfig, checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate on the held-out tasks, from ``checkpoint`` (default: the latest in out_dir, if
+    any) or the untrained model."""
+
+    async def go() -> dict[str, Any]:
+        async with Trainer(config.replace(resume=False)) as trainer:
+            path = Path(checkpoint) if checkpoint else latest_checkpoint(trainer.out_dir)
+            if path is not None:
+                trainer.load_checkpoint(path)
+            return await trainer.evaluate()
+
+    return asyncio.run(go())
