@@ -165,10 +165,10 @@ class MarketData:
 
         frame, source, failure = self._fetch_or_cache(fetch, path, _read_frame, _write_parquet)
         if frame is None:
-            raise MarketDataError(
-                f"no {period} {statement} statement for {ticker}: "
-                + (f"the live fetch failed ({failure}) " if failure else "offline ")
-                + "and nothing is cached; the offline sample data has prices only"
+            raise _unavailable(
+                f"{period} {statement} statement for {ticker}",
+                failure,
+                "; the offline sample data has prices only",
             )
         return Answer(frame, source)
 
@@ -182,11 +182,7 @@ class MarketData:
 
         frame, source, failure = self._fetch_or_cache(fetch, path, _read_frame, _write_parquet)
         if frame is None:
-            raise MarketDataError(
-                f"no dividend data for {ticker}: "
-                + (f"the live fetch failed ({failure}) " if failure else "offline ")
-                + "and nothing is cached"
-            )
+            raise _unavailable(f"dividend data for {ticker}", failure)
         return Answer(frame["Dividends"], source)
 
     def info(self, ticker: str) -> Answer:
@@ -202,11 +198,7 @@ class MarketData:
 
         info, source, failure = self._fetch_or_cache(fetch, path, _read_json, _write_json)
         if info is None:
-            raise MarketDataError(
-                f"no company profile for {ticker}: "
-                + (f"the live fetch failed ({failure}) " if failure else "offline ")
-                + "and nothing is cached"
-            )
+            raise _unavailable(f"company profile for {ticker}", failure)
         return Answer(info, source)
 
     def _fetch_or_cache(
@@ -273,6 +265,11 @@ def _sample_history(ticker: str, start: dt.date, end: dt.date, interval: str) ->
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _unavailable(what: str, failure: str, more: str = "") -> MarketDataError:
+    why = f"the live fetch failed ({failure})" if failure else "offline"
+    return MarketDataError(f"no {what}: {why} and nothing is cached{more}")
 
 
 def _safe(ticker: str) -> str:
