@@ -36,7 +36,14 @@ from typing import Any, Protocol
 from nbformat import NotebookNode
 from traitlets import Bool, Float
 
-from kernel_bridge.kernel import BlockSettings, ExecutionResult, Status, _append_note, _check_code
+from kernel_bridge.kernel import (
+    BlockSettings,
+    ExecutionResult,
+    Status,
+    _append_note,
+    _check_code,
+    _refused,
+)
 from kernel_bridge.outputs import OutputCollector
 
 OnOutput = Callable[[NotebookNode], None]
@@ -155,13 +162,7 @@ class ShellExecutor(BlockSettings):
         started = time.time()
         text, problem = _check_code(code)
         if problem is not None:
-            return ExecutionResult(
-                status="error",
-                output_text=f"{problem[0]}: {problem[1]}",
-                error_name=problem[0],
-                error_value=problem[1],
-                started=started,
-            )
+            return _refused(problem, started)
         timeout = self.timeout if timeout is None else timeout
         collector = OutputCollector(self.output_cap, self.store_cap, on_output)
         watchdog = _Watchdog(timeout, self.interrupt_grace)

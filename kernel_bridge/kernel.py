@@ -432,13 +432,7 @@ class Kernel(BlockSettings):
         started = time.time()
         text, problem = _check_code(code)
         if problem is not None:
-            return ExecutionResult(
-                status="error",
-                output_text=f"{problem[0]}: {problem[1]}",
-                error_name=problem[0],
-                error_value=problem[1],
-                started=started,
-            )
+            return _refused(problem, started)
         transport = self._require()
         timeout = self.timeout if timeout is None else timeout
         async with self._lock:
@@ -611,6 +605,18 @@ class _Run:
 
 def _append_note(text: str, note: str) -> str:
     return f"{text.rstrip()}\n{note}" if text.strip() else note
+
+
+def _refused(problem: tuple[str, str], started: float) -> ExecutionResult:
+    """The result for code that cannot be sent to a kernel (see ``_check_code``)."""
+    name, value = problem
+    return ExecutionResult(
+        status="error",
+        output_text=f"{name}: {value}",
+        error_name=name,
+        error_value=value,
+        started=started,
+    )
 
 
 def _check_code(code: str | bytes) -> tuple[str, tuple[str, str] | None]:

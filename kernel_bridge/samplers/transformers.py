@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel_bridge.samplers import Delta, SampleRequest
+from kernel_bridge.samplers.tokens import TokenContext
 
 
 @dataclass
@@ -57,7 +58,7 @@ class _Detokenizer:
         return after[len(before) :]
 
 
-class TransformersSampler:
+class TransformersSampler(TokenContext):
     """Samples from a transformers causal LM, continuing the assistant turn with KV-cache reuse."""
 
     def __init__(
@@ -123,27 +124,6 @@ class TransformersSampler:
             "top_p": self.config.top_p,
             "max_new_tokens": self.config.max_new_tokens,
         }
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
-
-    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True
-        )
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-    def context_ids(self, request: SampleRequest) -> list[int]:
-        """Prompt ids + each segment's own ids (recorded, else its text encoded alone)."""
-        ids = self.prompt_ids(request.messages)
-        for segment in request.segments:
-            ids.extend(
-                segment.token_ids if segment.token_ids is not None else self.encode(segment.text)
-            )
-        return ids
 
     def reset_cache(self) -> None:
         """Forget the KV cache, e.g. after the model's weights changed (a training step)."""

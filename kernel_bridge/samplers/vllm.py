@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from kernel_bridge.samplers import Delta, ModelSpecError, SampleRequest
 from kernel_bridge.samplers.litellm import SamplerError
+from kernel_bridge.samplers.tokens import TokenContext
 from kernel_bridge.samplers.transformers import _Detokenizer, _Output
 
 MODEL_PREFIX = "vllm:"
@@ -69,33 +70,11 @@ def base_url(url: str) -> str:
     return url if urlsplit(url).path else url + "/v1"
 
 
-class _TokenIdsSampler:
+class _TokenIdsSampler(TokenContext):
     """What both vLLM samplers share: the local tokenizer and the exact context ids."""
 
     tokenizer: Any
     max_tokens: int
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
-
-    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
-        """The chat template applied locally, with the assistant turn opened."""
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True
-        )
-        return [int(i) for i in (ids["input_ids"] if hasattr(ids, "keys") else ids)]
-
-    def context_ids(self, request: SampleRequest) -> list[int]:
-        """Prompt ids + each segment's own ids (recorded, else its text encoded alone)."""
-        ids = self.prompt_ids(request.messages)
-        for segment in request.segments:
-            ids.extend(
-                segment.token_ids if segment.token_ids is not None else self.encode(segment.text)
-            )
-        return ids
 
     def _budget(self, request: SampleRequest) -> int:
         if request.max_tokens is None:
