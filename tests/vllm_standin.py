@@ -33,6 +33,7 @@ import threading
 import time
 import types
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from typing import Any, TypedDict
@@ -452,6 +453,8 @@ class VLLMEngineStandIn:
         self.aborted: list[str] = []  # abort(request_id) calls
         self.events: list[str] = []  # sleep, wake_up, reset_prefix_cache, shutdown
         self.engine_args: Any = None
+        # (prompt ids, sampled ids) -> their logprobs; the made-up ``logprob_of`` values if None
+        self.score: Callable[[list[int], list[int]], list[float]] | None = None
 
     async def generate(
         self, prompt: dict[str, Any], sampling_params: SamplingParams, request_id: str
@@ -467,6 +470,8 @@ class VLLMEngineStandIn:
             sampling_params.max_tokens or 16,
             list(sampling_params.stop or []),
         )
+        if self.score is not None:
+            generation.logprobs = self.score(list(prompt["prompt_token_ids"]), generation.ids)
         call.generation = generation
         n = max(1, completion.tokens_per_chunk)
         try:
@@ -512,6 +517,129 @@ class VLLMEngineStandIn:
 
     def shutdown(self) -> None:
         self.events.append("shutdown")
+
+
+class _ModelStandIn:
+    """What a vLLM model class offers its worker: ``load_weights`` of (Hugging Face name, tensor)
+    pairs, each name one the checkpoint has (tied weights under one name), else an error."""
+
+    def __init__(self, hf_model: Any) -> None:
+        self.hf = hf_model
+        self.loads: list[list[str]] = []  # the names of each load_weights call
+
+    def load_weights(self, weights: Any) -> set[str]:
+        import torch
+
+        state = self.hf.state_dict()  # shares storage with the parameters
+        loaded: set[str] = set()
+        with torch.no_grad():
+            for name, tensor in weights:
+                if name not in state:
+                    raise KeyError(f"the model has no weight named {name!r}")
+                state[name].copy_(tensor)
+                loaded.add(name)
+        self.loads.append(sorted(loaded))
+        return loaded
+
+
+class _WorkerStandIn:
+    """vLLM's GPU worker as an extension sees it: ``device`` and ``model_runner.model``."""
+
+    def __init__(self, hf_model: Any) -> None:
+        import torch
+
+        self.device = torch.device("cpu")
+        self.model_runner = types.SimpleNamespace(model=_ModelStandIn(hf_model))
+
+
+class ColocatedEngineStandIn(VLLMEngineStandIn):
+    """``VLLMEngineStandIn`` plus what a colocated trainer uses of ``AsyncLLM`` besides generating.
+
+    The engine holds its own copy of the model (``hf_model``, other weights than the trainer's),
+    changed only by ``collective_rpc`` calls on a worker built the way vLLM builds it: the class
+    named by ``worker_extension_cls`` in the engine arguments mixed into the worker, the call's
+    arguments pickled on the way as they are to vLLM's worker processes. ``sleep(level=2)``
+    discards the weights (NaN, as freed memory holds anything) and generating while asleep fails.
+    Logprobs are scored by the engine's copy, so a missed or wrong weight push shows up as a
+    difference from the trainer's logprobs. CPU tensors travel as shared memory, not CUDA IPC.
+    ``take_weights=False`` makes an engine that ignores every push after the first.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        hf_model: Any,
+        completions: list[Completion] | None = None,
+        *,
+        take_weights: bool = True,
+    ) -> None:
+        super().__init__(tokenizer, completions)
+        self.hf_model = hf_model.eval()
+        self.take_weights = take_weights
+        self.asleep = False
+        self.pushes = 0  # collective_rpc calls
+        self.score = self._score
+        self._worker: Any = None
+
+    @property
+    def worker(self) -> Any:
+        if self._worker is None:
+            import importlib
+
+            path = self.engine_args.kwargs["worker_extension_cls"]
+            module, _, name = path.rpartition(".")
+            extension = getattr(importlib.import_module(module), name)
+            worker_cls = type("WorkerWithExtension", (_WorkerStandIn, extension), {})
+            self._worker = worker_cls(self.hf_model)
+        return self._worker
+
+    async def collective_rpc(
+        self,
+        method: str,
+        timeout: float | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> list[Any]:
+        import pickle
+        from multiprocessing.reduction import ForkingPickler
+
+        self.events.append(f"collective_rpc({method})")
+        args, kwargs = pickle.loads(ForkingPickler.dumps((args, kwargs or {})))
+        self.pushes += 1
+        if not self.take_weights and self.pushes > 1:
+            return [0]
+        return [getattr(self.worker, method)(*args, **kwargs)]
+
+    async def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        import torch
+
+        self.events.append(f"sleep({level})")
+        self.asleep = True
+        if level >= 2 and self.take_weights:
+            with torch.no_grad():
+                for parameter in self.hf_model.parameters():
+                    parameter.fill_(float("nan"))
+
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        self.events.append(f"wake_up({','.join(tags or ['all'])})")
+        if tags is None or "kv_cache" in tags:
+            self.asleep = False
+
+    async def generate(
+        self, prompt: dict[str, Any], sampling_params: SamplingParams, request_id: str
+    ) -> Any:
+        if self.asleep:
+            raise RuntimeError("the engine is asleep: wake it up before generating")
+        async for output in super().generate(prompt, sampling_params, request_id):
+            yield output
+
+    def _score(self, prompt_ids: list[int], ids: list[int]) -> list[float]:
+        import torch
+
+        with torch.no_grad():
+            logits = self.hf_model(torch.tensor([prompt_ids + ids])).logits[0].float()
+            logprobs = logits[len(prompt_ids) - 1 : -1].log_softmax(-1)
+            return logprobs.gather(-1, torch.tensor(ids)[:, None])[:, 0].tolist()
 
 
 class AsyncEngineArgs:

@@ -8,10 +8,11 @@ logprobs like any sampler. One step:
     wake_up(weights) → push the trainer's weights → wake_up(kv_cache) → reset the prefix cache
     → rollouts → sleep(level 2: weights and KV cache freed) → the GRPO update
 
-Weights travel as CUDA IPC handles (no copy through the host): the worker rebuilds each tensor on
-its side and calls the model's own ``load_weights``, which maps Hugging Face names (and fuses
-q/k/v, gate/up) the way vLLM does when it reads a checkpoint. With LoRA the adapters are merged
-for the push and unmerged after. Nothing here imports vLLM until a ``ColocatedVLLM`` is created.
+Weights travel as CUDA IPC handles (no copy through the host), about a GiB per call: the worker
+rebuilds each tensor on its side and calls the model's own ``load_weights``, which maps Hugging
+Face names (and fuses q/k/v, gate/up) the way vLLM does when it reads a checkpoint. With LoRA
+each adapted weight is sent merged (base + B·A in a new tensor; the trainer's stay as they are).
+Nothing here imports vLLM until a ``ColocatedVLLM`` is created.
 """
 
 from __future__ import annotations
@@ -30,21 +31,34 @@ class WeightReceiver:
     """Mixed into vLLM's GPU worker (``worker_extension_cls``): loads weights sent by handle."""
 
     def load_weights_from_ipc(self, handles: list[tuple[str, Any]]) -> int:
+        from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
         worker: Any = self
-        device = worker.device.index
         weights = []
         for name, (rebuild, args) in handles:
-            args = list(args)
-            args[6] = device  # the storage's device, as this process numbers it
+            if rebuild is rebuild_cuda_tensor:
+                args = list(args)
+                args[6] = worker.device.index  # the storage's device, as this process numbers it
             weights.append((name, rebuild(*args)))
         worker.model_runner.model.load_weights(weights=weights)
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         return len(weights)
 
 
 def hf_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
-    """(Hugging Face name, tensor) of every weight, LoRA merged in, tied copies once."""
-    base = model.get_base_model() if hasattr(model, "merge_adapter") else model
+    """(Hugging Face name, tensor) of every weight, each tied weight once, LoRA merged in.
+
+    A LoRA-wrapped layer yields a new tensor, base + scaled B·A, made when it is reached: the
+    trainer's weights are never touched (merging in place and back would drift the frozen base
+    weights by a rounding error every step, in bfloat16 a visible one).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lora_layers = {
+        f"{name}.base_layer.weight": module
+        for name, module in base.named_modules()
+        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")
+    }
     seen: set[int] = set()
     for name, tensor in base.state_dict().items():
         if "lora_" in name or "modules_to_save" in name:
@@ -53,6 +67,13 @@ def hf_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
         if key in seen:  # tied embeddings: vLLM ties them itself
             continue
         seen.add(key)
+        layer = lora_layers.get(name)
+        if layer is not None and not layer.merged and not layer.disable_adapters:
+            merged = tensor.float()
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    merged = merged + layer.get_delta_weight(adapter).float()
+            tensor = merged.to(tensor.dtype)
         yield name.replace(".base_layer", ""), tensor
 
 
@@ -72,6 +93,7 @@ class ColocatedVLLM:
         dtype: str = "bfloat16",
         seed: int = 0,
         sleep: bool = True,
+        push_bytes: int = 2**30,
     ) -> None:
         # The handles carry a function to rebuild the tensor: vLLM must be allowed to pickle it.
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
@@ -79,6 +101,8 @@ class ColocatedVLLM:
 
         self.sleep_enabled = sleep
         self.asleep = False
+        self.push_bytes = push_bytes  # weights sent per call to the worker
+        self.version: int | None = None  # what the engine holds: the trainer's step at the push
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -109,28 +133,40 @@ class ColocatedVLLM:
             await self.engine.sleep(level=2)
             self.asleep = True
 
-    async def load(self, model: Any) -> None:
-        """Wake the weights, push the trainer's, wake the KV cache, drop stale prefix blocks."""
+    async def load(self, model: Any, version: int | None = None) -> bool:
+        """Wake the weights, push the trainer's, wake the KV cache, drop stale prefix blocks.
+
+        ``version`` names the weights (the trainer's count of updates): an awake engine that
+        already holds them is left as it is. Returns whether the weights were pushed.
+        """
+        if version is not None and version == self.version and not self.asleep:
+            return False
         if self.asleep:
             await self.engine.wake_up(tags=["weights"])
-        merged = hasattr(model, "merge_adapter")
-        if merged:
-            model.merge_adapter()
-        try:
-            with torch.no_grad():
-                from torch.multiprocessing.reductions import reduce_tensor
-
-                tensors = [(name, t.detach().contiguous()) for name, t in hf_weights(model)]
-                handles = [(name, reduce_tensor(t)) for name, t in tensors]
-                await self.engine.collective_rpc("load_weights_from_ipc", args=(handles,))
-                del tensors, handles
-        finally:
-            if merged:
-                model.unmerge_adapter()
+        batch: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        with torch.no_grad():
+            for name, tensor in hf_weights(model):
+                batch.append((name, tensor.detach().contiguous()))
+                size += tensor.nbytes
+                if size >= self.push_bytes:  # bounds the merged LoRA copies alive at once
+                    await self._push(batch)
+                    batch, size = [], 0
+            if batch:
+                await self._push(batch)
         if self.asleep:
             await self.engine.wake_up(tags=["kv_cache"])
             self.asleep = False
         await self.engine.reset_prefix_cache()
+        self.version = version
+        return True
+
+    async def _push(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        """Send ``weights`` by handle; the worker has loaded them when this returns."""
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        handles = [(name, reduce_tensor(tensor)) for name, tensor in weights]
+        await self.engine.collective_rpc("load_weights_from_ipc", args=(handles,))
 
     async def close(self) -> None:
         shutdown = getattr(self.engine, "shutdown", None)

@@ -141,6 +141,7 @@ class Trainer:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.backend = self._resolve_backend()
         self.step = 0
+        self.weights_version = 0  # counts the changes of the weights (optimizer steps, loads)
         self.history: list[dict[str, Any]] = []
         self.out_dir = Path(config.out_dir)
         self.pool: KernelPool | None = None
@@ -221,7 +222,7 @@ class Trainer:
                 sleep=c.vllm_sleep,
             )
             self.sampler = self.engine.sampler
-            await self.engine.load(self.model)  # the trainer's weights (also after a resume)
+            await self.engine.load(self.model, self.weights_version)  # also after a resume
         else:
             self.sampler = self._transformers_sampler(c.temperature)
         if self.offline is None or c.eval_every:
@@ -273,7 +274,7 @@ class Trainer:
         if self.pool is None:
             raise RuntimeError("the trainer is not started: use `async with Trainer(...)`")
         if self.engine is not None:
-            await self.engine.load(self.model)
+            await self.engine.load(self.model, self.weights_version)
         self.model.eval()
         rollouts = await collect_rollouts(
             self.sampler, self.pool, tasks, group_size or self.config.group_size, self.settings
@@ -376,6 +377,7 @@ class Trainer:
                 )
                 self.optimizer.step()
                 self.scheduler.step()
+                self.weights_version += 1
                 losses.append(total)
         finally:
             self.optimizer.zero_grad(set_to_none=True)
@@ -478,7 +480,7 @@ class Trainer:
         if self.engine is not None:
             from kernel_bridge.samplers.vllm import VLLMEngineSampler
 
-            await self.engine.load(self.model)
+            await self.engine.load(self.model, self.weights_version)
             sampler = VLLMEngineSampler(
                 self.engine.engine, self.tokenizer, temperature=0.0,
                 max_tokens=self.config.max_tokens,
@@ -562,6 +564,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"].cpu())
         self.step = int(info["step"])
+        self.weights_version += 1
         if self.sampler is not None and self.engine is None:
             self.sampler.reset_cache()
         return self.step
