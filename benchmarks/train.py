@@ -2,6 +2,7 @@
 
     python benchmarks/train.py [--quick] [--json PATH]          # CPU part (about 25 minutes)
     python benchmarks/train.py --gpu [--json PATH]              # + the GPU part (one GPU)
+    python benchmarks/train.py --gpu-only [--json PATH]         # the GPU part alone
 
 CPU, each against a baseline measured in the same run:
 
@@ -21,7 +22,8 @@ prompts per step on tier-1 tasks, for the 0.5B (embedded) and 1.5B (``--model-1.
 local path) models: generation tokens/s, update tokens/s, peak GPU memory, seconds per step, the
 engine-vs-trainer logprob difference; then the largest Qwen2.5 shape (random weights from a config,
 nothing downloaded) whose GRPO update (bf16 weights, AdamW, gradient checkpointing, 2 × 1024
-tokens) fits on this GPU, with and without LoRA.
+tokens) fits in the memory of an 80 GB GPU (the process is capped at an H100's 79.6 GiB when the
+GPU has more), with and without LoRA.
 """
 
 from __future__ import annotations
@@ -267,9 +269,15 @@ QWEN25_SHAPES = {  # hidden, intermediate, layers, heads, kv heads (Qwen2.5 conf
 }
 
 
+H100_80GB = 81_559 * 2**20  # what an H100 80GB reports as its total memory
+
+
 def gpu_fits(shape: str, lora: bool) -> dict[str, Any]:
-    """Does one GRPO update of a Qwen2.5 ``shape`` (random bf16 weights) fit on this GPU?"""
+    """Does one GRPO update of a Qwen2.5 ``shape`` (random bf16 weights) fit in 80 GB?"""
     import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, H100_80GB / total))
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from kernel_bridge.training.config import TrainConfig
@@ -312,6 +320,33 @@ def gpu_fits(shape: str, lora: bool) -> dict[str, Any]:
                 "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20}  # fmt: skip
     except torch.OutOfMemoryError:
         return {"shape": shape, "lora": lora, "fits": False}
+
+
+def random_checkpoint(shape: str, path: Path) -> str:
+    """A Qwen2.5 ``shape`` with random bf16 weights and the embedded model's tokenizer, saved
+    where vLLM and transformers can load it; returns its ``hf:`` model name."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from kernel_bridge.training.colocate import vllm_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(vllm_model_path("local"))
+    hidden, inter, layers, heads, kv = QWEN25_SHAPES[shape]
+    config = Qwen2Config(
+        vocab_size=151_936,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        tie_word_embeddings=shape in ("0.5B", "1.5B", "3B"),
+        max_position_embeddings=32_768,
+        eos_token_id=tokenizer.eos_token_id,
+        torch_dtype="bfloat16",
+    )
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return f"hf:{path}"
 
 
 class _VocabOf:
@@ -447,12 +482,34 @@ def gpu_table(out: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def cpu_part(quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    out["rollouts"] = asyncio.run(rollouts_pool_vs_cold(8 if quick else 16))
+    if not quick:
+        out["policy"] = asyncio.run(rollouts_with_the_policy(group=4, max_tokens=96))
+    variants = [{"chunk": 0, "lora": True}, {"chunk": 512, "lora": True}]
+    if not quick:
+        variants = [{"chunk": 0, "lora": False}, {"chunk": 512, "lora": False}, *variants]
+    # On 2 CPU cores one update of the 0.5B takes about a minute: one timed update, no warm-up.
+    size = {"model": "local", "sequences": 2, "length": 512, "repeats": 1, "warmup": False}
+    out["updates"] = [in_subprocess({**size, **v}) for v in variants]
+    if not quick:  # long traces: here the logits, not the weights, set the peak
+        long = {**size, "sequences": 2, "length": 2048, "lora": True, "checkpointing": True}
+        out["updates"] += [in_subprocess({**long, "chunk": chunk}) for chunk in (0, 512)]
+    return out
+
+
 def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--quick", action="store_true", help="fewer rollouts; no policy rollouts")
     cli.add_argument("--gpu", action="store_true", help="also the GPU part (needs CUDA and vLLM)")
+    cli.add_argument("--gpu-only", action="store_true", help="the GPU part alone")
     cli.add_argument(
-        "--model-1.5b", dest="model_15b", default="hf:Qwen/Qwen2.5-Coder-1.5B-Instruct"
+        "--model-1.5b",
+        dest="model_15b",
+        default="random",
+        help="hf:ID_OR_PATH of a 1.5B model, or 'random' (default): Qwen2.5-1.5B's shape with "
+        "random weights (nothing to download; every completion runs to max_tokens)",
     )
     cli.add_argument("--json", type=Path, help="also write the numbers here")
     cli.add_argument("--measure-update", help=argparse.SUPPRESS)
@@ -473,30 +530,22 @@ def main() -> int:
             "cpus": os.cpu_count(),
         }
     }
-    out["rollouts"] = asyncio.run(rollouts_pool_vs_cold(8 if args.quick else 16))
-    if not args.quick:
-        out["policy"] = asyncio.run(rollouts_with_the_policy(group=4, max_tokens=96))
-    variants = [{"chunk": 0, "lora": True}, {"chunk": 512, "lora": True}]
-    if not args.quick:
-        variants = [{"chunk": 0, "lora": False}, {"chunk": 512, "lora": False}, *variants]
-    # On 2 CPU cores one update of the 0.5B takes about a minute: one timed update, no warm-up.
-    size = {"model": "local", "sequences": 2, "length": 512, "repeats": 1, "warmup": False}
-    out["updates"] = [in_subprocess({**size, **v}) for v in variants]
-    if not args.quick:  # long traces: here the logits, not the weights, set the peak
-        long = {**size, "sequences": 2, "length": 2048, "lora": True, "checkpointing": True}
-        out["updates"] += [in_subprocess({**long, "chunk": chunk}) for chunk in (0, 512)]
-    print("## CPU\n")
-    print(cpu_table(out))
+    if not args.gpu_only:
+        out.update(cpu_part(args.quick))
+        print("## CPU\n")
+        print(cpu_table(out))
 
     import torch
 
-    if args.gpu and torch.cuda.is_available():
+    if (args.gpu or args.gpu_only) and torch.cuda.is_available():
         import tempfile
 
         out["gpu_steps"] = []
         for model in ("local", args.model_15b):
             try:
                 with tempfile.TemporaryDirectory() as tmp:
+                    if model == "random":
+                        model = random_checkpoint("1.5B", Path(tmp) / "qwen2.5-1.5b-random")
                     out["gpu_steps"].append(asyncio.run(gpu_steps(model, 3, tmp)))
             except Exception as e:  # a model that cannot be fetched here, say
                 out["gpu_steps"].append({"model": model, "error": f"{type(e).__name__}: {e}"})
@@ -509,7 +558,7 @@ def main() -> int:
                     break  # larger shapes will not fit either
         print(f"\n## GPU ({torch.cuda.get_device_name()})\n")
         print(gpu_table(out))
-    elif args.gpu:
+    elif args.gpu or args.gpu_only:
         print("\n## GPU\n\nno CUDA device here: the GPU figures are pending")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
