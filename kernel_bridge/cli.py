@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     reason.add_argument(
         "--tools",
         default=None,
-        help="toolsets installed in the kernel, comma-separated: finance, documents",
+        help="tools installed in the kernel, comma-separated: the toolsets finance and "
+        "documents, and your own as module:attribute or file.py:attribute",
     )
     reason.add_argument(
         "--cutoff",

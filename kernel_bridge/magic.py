@@ -586,13 +586,14 @@ class ReasonMagics(Magics):
     def _toolbox(self, tools: str, cutoff: str, authorized: str) -> Any:
         """The session's toolbox for these options (built once, so a sidecar installs it once).
 
-        A name in ``--tools`` that is not a toolset names a notebook variable holding a
-        ``Toolbox``, a tool or a list of tools (``--tools finance,my_tools``)."""
+        A name in ``--tools`` that is not a toolset (nor ``module:attribute``) names a notebook
+        variable holding a ``Toolbox``, a tool or a list of tools (``--tools finance,my_tools``)."""
         from kernel_bridge.tools import TOOLSETS, Toolbox, ToolError, load_toolsets
 
         names = [n.strip() for n in (tools or "").split(",") if n.strip()]
-        own = [n for n in names if n not in TOOLSETS]
-        key = (",".join(n for n in names if n in TOOLSETS), cutoff or "", authorized or "")
+        loadable = [n for n in names if n in TOOLSETS or ":" in n]  # toolsets, module:attribute
+        own = [n for n in names if n not in loadable]
+        key = (",".join(loadable), cutoff or "", authorized or "")
         if key not in self._toolboxes:
             modules = [m.strip() for m in key[2].split(",") if m.strip()] if key[2] else None
             try:

@@ -529,6 +529,20 @@ def test_tools_can_be_notebook_variables_next_to_toolsets(notebook, trace_file, 
     assert "def new_document(" in trace.messages[0]["content"]
 
 
+@pytest.mark.parametrize("isolated", ["", "--isolated"])
+def test_tools_can_be_a_file_colon_attribute(notebook, trace_file, tmp_path, isolated):
+    tools_file = tmp_path / "team_tools.py"
+    tools_file.write_text(OWN_TOOLS)
+    notebook.reason(
+        f"{isolated} --tools {tools_file}:my_tools --model {script('magic_own_tools.txt')} "
+        f"--trace {trace_file}",
+        "Use them.",
+    )
+    trace = last_trace(trace_file)
+    assert trace.steps[0].output_text == "42 HI 3"
+    assert "def scale(x: float) -> float:" in trace.messages[0]["content"]
+
+
 @pytest.mark.parametrize(
     "tools, message",
     [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import sys
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -651,12 +652,91 @@ def test_cli_reason_with_finance_tools_and_a_cutoff(tmp_path, monkeypatch, capsy
     assert trace.steps[0].output_text.splitlines()[-1].endswith(" 6")
 
 
+OWN_TOOLS = '''
+SECRET = 14
+
+
+def triple(x: int) -> int:
+    """Three times x."""
+    return 3 * x
+
+
+def plus_secret(x: int) -> int:
+    """x plus a number only this file knows."""
+    return x + SECRET
+
+
+TOOLS = [triple, plus_secret]
+'''
+
+OWN_TOOLS_SCRIPT = """<think>
+```python
+print(triple(plus_secret(0)))
+```
+</think>
+<answer>42</answer>"""
+
+
+@pytest.mark.parametrize("form", ["file", "module"])
+def test_cli_installs_your_own_tools_named_module_colon_attribute(
+    form, tmp_path, monkeypatch, capsys
+):
+    from kernel_bridge.cli import main
+    from kernel_bridge.trace import load_traces
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "kb_own_tools.py").write_text(OWN_TOOLS)
+    (tmp_path / "script.txt").write_text(OWN_TOOLS_SCRIPT)
+    monkeypatch.chdir(project)  # the kernel runs in its own workspace: it cannot import these
+    monkeypatch.delitem(sys.modules, "kb_own_tools", raising=False)
+    spec = "kb_own_tools.py:TOOLS" if form == "file" else "kb_own_tools:TOOLS"
+    trace_path = tmp_path / "t.jsonl"
+    args = ["reason", "Compute.", "--model", f"scripted:{tmp_path / 'script.txt'}"]
+    status = main([*args, "--tools", spec, "--trace", str(trace_path), "--no-color"])
+    assert status == 0
+    (trace,) = load_traces(trace_path)
+    assert trace.steps[0].status == "ok", trace.steps[0].output_text
+    assert trace.steps[0].output_text.strip() == "42"
+    assert "def triple(x: int) -> int" in trace.messages[0]["content"]  # described to the model
+
+
+def test_own_tools_from_the_working_directory_travel_by_value(tmp_path, monkeypatch):
+    """A kernel elsewhere (remote, or another working directory) cannot import the module."""
+    import subprocess
+
+    import cloudpickle
+
+    from kernel_bridge.tools import import_tools
+
+    (tmp_path / "kb_travelling_tools.py").write_text(OWN_TOOLS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "kb_travelling_tools", raising=False)
+    box = import_tools("kb_travelling_tools:TOOLS")
+    assert box.names == ["triple", "plus_secret"]
+    code = "import pickle, sys; tools = pickle.load(sys.stdin.buffer); print(tools[1](1))"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=cloudpickle.dumps(box.tools),
+        capture_output=True,
+        cwd="/",
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == "15"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--cutoff", "2008-06-30"], "--cutoff needs a toolset that has data"),
         (["--tools", "weather"], "unknown toolset 'weather'"),
         (["--tools", "finance", "--cutoff", "June"], "cutoff must be a date like"),
+        (["--tools", "missing_file.py:TOOLS"], "no file"),
+        (["--tools", "json:no_such_thing"], "json has no attribute 'no_such_thing'"),
+        (["--tools", "no_such_module_here:TOOLS"], "importing no_such_module_here failed"),
+        (["--tools", "json:JSONDecoder"], "not a tool"),
+        (["--tools", "json:"], "name tools as module:attribute"),
     ],
 )
 def test_cli_tool_options_fail_with_one_line(args, message, capsys):

@@ -253,6 +253,8 @@ def load_toolsets(
 ) -> Toolbox:
     """Toolsets by name (``"finance,documents"``), as the CLI and the magic select them.
 
+    A name with a colon is one's own tools: ``module:attribute`` or ``path/to/file.py:attribute``,
+    the attribute a ``Toolbox``, a tool, a function or a list of them (see ``import_tools``).
     ``cutoff`` goes to the toolsets that take one; naming a cutoff with no such toolset is an
     error (it would silently do nothing).
     """
@@ -261,8 +263,62 @@ def load_toolsets(
     names = list(names or [])
     if cutoff is not None and "finance" not in names:
         raise ToolError("--cutoff needs a toolset that has data, e.g. --tools finance")
-    boxes = [toolset(n, cutoff=cutoff, **options) if n == "finance" else toolset(n) for n in names]
+    boxes = [
+        import_tools(n)
+        if ":" in n
+        else toolset(n, cutoff=cutoff, **options)
+        if n == "finance"
+        else toolset(n)
+        for n in names
+    ]
     return Toolbox.of(boxes, authorized_imports)
+
+
+def import_tools(spec: str) -> Toolbox:
+    """The tools ``spec`` names: ``module:attribute`` (the module importable, or found in the
+    working directory) or ``file.py:attribute``; the attribute a ``Toolbox``, a tool, a function
+    with type hints and a docstring, or a list of those."""
+    import importlib
+    import importlib.util
+
+    where, _, attribute = spec.rpartition(":")
+    if not where or not attribute.isidentifier():
+        raise ToolError(f"{spec!r}: name tools as module:attribute or file.py:attribute")
+    try:
+        if where.endswith(".py"):
+            path = Path(where).expanduser().resolve()
+            if not path.is_file():
+                raise ToolError(f"{spec!r}: no file {path}")
+            found = importlib.util.spec_from_file_location(f"_kernel_bridge_{path.stem}", path)
+            assert found is not None and found.loader is not None
+            module = importlib.util.module_from_spec(found)  # not in sys.modules: sent by value
+            found.loader.exec_module(module)
+        else:
+            cwd = str(Path.cwd())
+            added = cwd not in sys.path
+            if added:
+                sys.path.insert(0, cwd)
+            try:
+                module = importlib.import_module(where)
+            finally:
+                if added:
+                    sys.path.remove(cwd)
+            if added and Path(getattr(module, "__file__", None) or "/").is_relative_to(cwd):
+                # The kernel runs elsewhere and could not import it: send its code along.
+                import cloudpickle
+
+                cloudpickle.register_pickle_by_value(module)
+    except ToolError:
+        raise
+    except Exception as e:  # the user's module failed to import: say where and why
+        raise ToolError(f"{spec!r}: importing {where} failed: {type(e).__name__}: {e}") from None
+    if not hasattr(module, attribute):
+        raise ToolError(f"{spec!r}: {where} has no attribute {attribute!r}")
+    value = getattr(module, attribute)
+    try:
+        return Toolbox.of(value if isinstance(value, Toolbox | list | tuple) else [value])
+    except TypeError as e:
+        raise ToolError(f"{spec!r}: {e}") from None
 
 
 __all__ = [
@@ -273,6 +329,7 @@ __all__ = [
     "Toolbox",
     "as_tool",
     "describe",
+    "import_tools",
     "load_toolsets",
     "tool",
     "toolset",
