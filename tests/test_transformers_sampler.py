@@ -6,7 +6,8 @@ import pytest
 
 from kernel_bridge.reasoner import Limits, Reasoner
 from kernel_bridge.samplers import SampleRequest
-from kernel_bridge.samplers.transformers import GenerationConfig, TransformersSampler, _partial_stop
+from kernel_bridge.samplers.tokens import _partial_stop
+from kernel_bridge.samplers.transformers import GenerationConfig, TransformersSampler
 from kernel_bridge.trace import Segment
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kernel_bridge.samplers import Delta, SampleRequest
 
@@ -89,7 +89,7 @@ class ScriptedSampler:
         model_text = self.turn_for(request.messages)
         start = self._position(request)
         end = len(model_text)
-        finish = "stop"
+        finish: Literal["stop", "length"] = "stop"
         for stop in request.stop:
             at = model_text.find(stop, start)
             if at != -1:

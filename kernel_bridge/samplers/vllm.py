@@ -25,8 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from kernel_bridge.samplers import Delta, ModelSpecError, SampleRequest
 from kernel_bridge.samplers.litellm import SamplerError
-from kernel_bridge.samplers.tokens import TokenContext
-from kernel_bridge.samplers.transformers import _Detokenizer, _Output
+from kernel_bridge.samplers.tokens import Detokenizer, TokenContext, TokenOutput
 
 MODEL_PREFIX = "vllm:"
 MODEL_SYNTAX = "vllm:http://HOST:PORT/v1[#MODEL]"
@@ -95,7 +94,7 @@ class _Decoder:
     """
 
     def __init__(self, tokenizer: Any, stops: Sequence[str]) -> None:
-        self.out = _Output(_Detokenizer(tokenizer), [s for s in stops if s])
+        self.out = TokenOutput(Detokenizer(tokenizer), [s for s in stops if s])
         self.special = set(getattr(tokenizer, "all_special_ids", None) or [])
         if getattr(tokenizer, "eos_token_id", None) is not None:
             self.special.add(tokenizer.eos_token_id)
