@@ -18,10 +18,14 @@ const builder = require.resolve('@jupyterlab/builder/lib/build-labextension.js')
 const corePath = fs.mkdtempSync(path.join(os.tmpdir(), 'kernel-bridge-core-'));
 try {
   fs.copyFileSync(coreMeta, path.join(corePath, 'package.json'));
-  execFileSync(process.execPath, [builder, '--core-path', corePath, ...process.argv.slice(2), root], {
-    cwd: root,
-    stdio: 'inherit'
-  });
+  execFileSync(
+    process.execPath,
+    [builder, '--core-path', corePath, ...process.argv.slice(2), root],
+    {
+      cwd: root,
+      stdio: 'inherit'
+    }
+  );
 } finally {
   fs.rmSync(corePath, { recursive: true, force: true });
 }

@@ -5,11 +5,7 @@
  * - `kernel-bridge:plugin` adds the sidebar, which follows the active notebook, and owns the
  *   settings (schema/plugin.json): default model, isolation, max steps, show thinking.
  */
-import {
-  ILayoutRestorer,
-  JupyterFrontEnd,
-  JupyterFrontEndPlugin
-} from '@jupyterlab/application';
+import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
 import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
@@ -146,6 +142,7 @@ const sidebarPlugin: JupyterFrontEndPlugin<void> = {
     const command = 'kernel-bridge:open-sidebar';
     app.commands.addCommand(command, {
       label: 'Show kernel-bridge traces',
+      describedBy: { args: { type: 'object', properties: {} } },
       execute: () => app.shell.activateById(sidebar.id)
     });
     palette?.addItem({ command, category: 'kernel-bridge' });

@@ -47,9 +47,7 @@ export function renderServices(
     renderMarkdown(text: string, host: HTMLElement): () => void {
       const renderer = rendermime.createRenderer('text/markdown');
       const unmount = mount(renderer, host);
-      void renderer.renderModel(
-        new MimeModel({ data: { 'text/markdown': text }, trusted: false })
-      );
+      void renderer.renderModel(new MimeModel({ data: { 'text/markdown': text }, trusted: false }));
       return unmount;
     }
   };

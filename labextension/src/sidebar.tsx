@@ -73,9 +73,7 @@ export function Sidebar(props: ISidebarProps): JSX.Element {
         <span className="kb-Sidebar-notebook" title={connection.panel.context.path}>
           {connection.panel.title.label}
         </span>
-        <span className="kb-Sidebar-kernel">
-          {connection.sessionContext.kernelDisplayStatus}
-        </span>
+        <span className="kb-Sidebar-kernel">{connection.sessionContext.kernelDisplayStatus}</span>
       </div>
       <History
         traces={traces.traces}
@@ -90,7 +88,9 @@ export function Sidebar(props: ISidebarProps): JSX.Element {
               type="button"
               className="kb-Button kb-Button-stop"
               disabled={!live}
-              onClick={() => report(actions.stop().then(() => 'Stop sent: the kernel is interrupted'))}
+              onClick={() =>
+                report(actions.stop().then(() => 'Stop sent: the kernel is interrupted'))
+              }
               aria-label="Stop the run"
               title="Stop the run (interrupts the kernel)"
             >
@@ -100,9 +100,7 @@ export function Sidebar(props: ISidebarProps): JSX.Element {
               type="button"
               className="kb-Button"
               disabled={selected.running}
-              onClick={() =>
-                report(actions.insertCells(selected).then(n => `Inserted ${n} cells`))
-              }
+              onClick={() => report(actions.insertCells(selected).then(n => `Inserted ${n} cells`))}
               aria-label="Insert as cells"
             >
               Insert as cells
@@ -191,9 +189,15 @@ function History(props: {
               onClick={() => onSelect(view.id)}
               title={view.question ?? view.id}
             >
-              <span className={`kb-Dot kb-Dot-${view.running ? 'running' : view.finishReason}`} aria-hidden="true" />
+              <span
+                className={`kb-Dot kb-Dot-${view.running ? 'running' : view.finishReason}`}
+                aria-hidden="true"
+              />
               <span className="kb-History-question">{view.question ?? view.id}</span>
-              <span className="kb-History-rating" aria-label={view.labels.rating ? `rated ${view.labels.rating}` : undefined}>
+              <span
+                className="kb-History-rating"
+                aria-label={view.labels.rating ? `rated ${view.labels.rating}` : undefined}
+              >
                 {view.labels.rating === 'up' ? '👍' : view.labels.rating === 'down' ? '👎' : ''}
               </span>
             </button>

@@ -84,7 +84,9 @@ export class TraceSidebar extends ReactWidget {
     exportTraces: views => {
       const text = tracesToJSONL(views);
       const name =
-        views.length === 1 ? `trace-${views[0].id.slice(0, 8)}.jsonl` : 'kernel-bridge-traces.jsonl';
+        views.length === 1
+          ? `trace-${views[0].id.slice(0, 8)}.jsonl`
+          : 'kernel-bridge-traces.jsonl';
       download(text, name);
     },
     saveLabels: async (view, labels) => {
@@ -104,7 +106,11 @@ export class TraceSidebar extends ReactWidget {
 }
 
 /** Insert cells below the cell whose output holds the trace (else below the active cell). */
-export function insertBelowTrace(panel: NotebookPanel, traceId: string, cells: ICellJSON[]): number {
+export function insertBelowTrace(
+  panel: NotebookPanel,
+  traceId: string,
+  cells: ICellJSON[]
+): number {
   const notebook = panel.content;
   const model = notebook.model;
   if (!model) {

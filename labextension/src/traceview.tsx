@@ -253,7 +253,11 @@ function StepView(props: { item: IStepItem; services: IRenderServices }): JSX.El
         : '';
   const label = item.index !== null ? `Step ${item.index + 1}` : 'Code';
   return (
-    <div className="kb-Step" data-status={item.status} aria-label={`${label}: ${STATUS_TEXT[item.status] ?? item.status}`}>
+    <div
+      className="kb-Step"
+      data-status={item.status}
+      aria-label={`${label}: ${STATUS_TEXT[item.status] ?? item.status}`}
+    >
       <div className="kb-Step-header">
         <span className="kb-Step-label">{label}</span>
         <span className={`kb-Badge kb-Badge-${item.status}`}>

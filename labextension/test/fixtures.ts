@@ -14,7 +14,12 @@ export const EVENTS: CommEvent[][] = [
   [{ type: 'text', section: 'think', text: '\nI will find the primes below 50' }],
   [
     { type: 'text', section: 'think', text: ' and keep them in a variable.\n' },
-    { type: 'code', section: 'think', code: 'primes = [n for n in range(2, 50)]\nprint(len(primes))\n', runs: true },
+    {
+      type: 'code',
+      section: 'think',
+      code: 'primes = [n for n in range(2, 50)]\nprint(len(primes))\n',
+      runs: true
+    },
     { type: 'step_started', index: 0 }
   ],
   [
@@ -28,7 +33,12 @@ export const EVENTS: CommEvent[][] = [
     {
       type: 'output',
       index: 1,
-      output: { output_type: 'execute_result', data: { 'text/plain': '328' }, metadata: {}, execution_count: 2 }
+      output: {
+        output_type: 'execute_result',
+        data: { 'text/plain': '328' },
+        metadata: {},
+        execution_count: 2
+      }
     },
     { type: 'step_finished', index: 1, status: 'ok', duration_s: 0.004, new_files: [] },
     { type: 'text', section: 'think', text: 'So the sum is 328.\n' },

@@ -34,7 +34,14 @@ describe('event reducer', () => {
     const kinds = view.items.map(item =>
       item.kind === 'text' ? `text:${item.section}` : `step:${(item as IStepItem).index}`
     );
-    expect(kinds).toEqual(['text:think', 'step:0', 'text:think', 'step:1', 'text:think', 'text:answer']);
+    expect(kinds).toEqual([
+      'text:think',
+      'step:0',
+      'text:think',
+      'step:1',
+      'text:think',
+      'text:answer'
+    ]);
     expect((view.items[0] as ITextItem).text).toBe(
       '\nI will find the primes below 50 and keep them in a variable.\n'
     );
@@ -99,7 +106,12 @@ describe('saved traces', () => {
     expect(view.items.map(item => item.kind)).toEqual(['text', 'step', 'text', 'text', 'text']);
     expect(view.items[0]).toEqual({ kind: 'text', section: 'think', text: 'Compute it.\n' });
     const step = view.items[1] as IStepItem;
-    expect(step).toMatchObject({ code: 'print(2 + 2)\n', status: 'ok', index: 0, durationS: 0.011 });
+    expect(step).toMatchObject({
+      code: 'print(2 + 2)\n',
+      status: 'ok',
+      index: 0,
+      durationS: 0.011
+    });
     expect(step.outputs[0]).toMatchObject({ text: '4\n' });
     expect(view).toMatchObject({
       question: 'What is 2 + 2?',

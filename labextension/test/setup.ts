@@ -2,7 +2,10 @@
  * jsdom does no layout: give the trace's scroll viewport and its rows the sizes a browser would,
  * so the virtualized list decides what to render as it does in JupyterLab.
  */
-function size(name: 'clientHeight' | 'clientWidth' | 'offsetHeight', of: (el: HTMLElement) => number) {
+function size(
+  name: 'clientHeight' | 'clientWidth' | 'offsetHeight',
+  of: (el: HTMLElement) => number
+) {
   Object.defineProperty(HTMLElement.prototype, name, {
     configurable: true,
     get(this: HTMLElement) {

@@ -40,7 +40,9 @@ function fakeActions(): ISidebarActions & { [name: string]: any } {
 
 describe('Sidebar', () => {
   it('asks for a notebook when none is open', () => {
-    render(<Sidebar connection={null} services={services} showThinking={true} actions={fakeActions()} />);
+    render(
+      <Sidebar connection={null} services={services} showThinking={true} actions={fakeActions()} />
+    );
     expect(screen.getByText(/Open a notebook/)).toBeTruthy();
   });
 
@@ -48,12 +50,19 @@ describe('Sidebar', () => {
     const traces = new NotebookTraces();
     const actions = fakeActions();
     render(
-      <Sidebar connection={fakeConnection(traces)} services={services} showThinking={true} actions={actions} />
+      <Sidebar
+        connection={fakeConnection(traces)}
+        services={services}
+        showThinking={true}
+        actions={actions}
+      />
     );
     React.act(() => traces.put(applyEvents(openTrace(OPEN), EVENTS[0].concat(EVENTS[1]))));
     const stop = screen.getByRole('button', { name: 'Stop the run' }) as HTMLButtonElement;
     expect(stop.disabled).toBe(false);
-    expect((screen.getByRole('button', { name: 'Insert as cells' }) as HTMLButtonElement).disabled).toBe(true);
+    expect(
+      (screen.getByRole('button', { name: 'Insert as cells' }) as HTMLButtonElement).disabled
+    ).toBe(true);
     fireEvent.click(stop);
     expect(actions.stop).toHaveBeenCalled();
     React.act(() => traces.update('run1', view => applyEvents(view, EVENTS[2].concat(EVENTS[3]))));
@@ -65,7 +74,14 @@ describe('Sidebar', () => {
     const traces = new NotebookTraces();
     traces.put(fromTrace({ ...TRACE, labels: {} }, '/tmp/t.jsonl'));
     const actions = fakeActions();
-    render(<Sidebar connection={fakeConnection(traces)} services={services} showThinking={true} actions={actions} />);
+    render(
+      <Sidebar
+        connection={fakeConnection(traces)}
+        services={services}
+        showThinking={true}
+        actions={actions}
+      />
+    );
     fireEvent.change(screen.getByRole('textbox', { name: 'Note on this trace' }), {
       target: { value: 'clean reasoning' }
     });
@@ -77,16 +93,34 @@ describe('Sidebar', () => {
       note: 'clean reasoning'
     });
     expect(traces.selected?.labels).toEqual({ rating: 'up', note: 'clean reasoning' });
-    expect(screen.getByRole('button', { name: 'Good trace' }).getAttribute('aria-pressed')).toBe('true');
+    expect(screen.getByRole('button', { name: 'Good trace' }).getAttribute('aria-pressed')).toBe(
+      'true'
+    );
     expect(screen.getByText('Feedback saved in the trace')).toBeTruthy();
   });
 
   it('lists the history and shows the trace picked from it', () => {
     const traces = new NotebookTraces();
     traces.put(fromTrace(TRACE, '/tmp/t.jsonl'));
-    traces.put(fromTrace({ ...TRACE, id: 'second', labels: {}, messages: [{ role: 'user', content: 'Second question' }] }));
-    render(<Sidebar connection={fakeConnection(traces)} services={services} showThinking={true} actions={fakeActions()} />);
-    const items = screen.getAllByRole('listitem').filter(li => li.querySelector('.kb-History-item'));
+    traces.put(
+      fromTrace({
+        ...TRACE,
+        id: 'second',
+        labels: {},
+        messages: [{ role: 'user', content: 'Second question' }]
+      })
+    );
+    render(
+      <Sidebar
+        connection={fakeConnection(traces)}
+        services={services}
+        showThinking={true}
+        actions={fakeActions()}
+      />
+    );
+    const items = screen
+      .getAllByRole('listitem')
+      .filter(li => li.querySelector('.kb-History-item'));
     expect(items.map(li => li.textContent)).toEqual(['Second question', 'What is 2 + 2?👍']);
     fireEvent.click(screen.getByRole('button', { name: /What is 2 \+ 2\?/ }));
     expect(traces.selected?.id).toBe(TRACE.id);
