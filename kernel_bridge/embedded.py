@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,10 @@ _INT8_WEIGHTS = "linear-int8.safetensors"
 # -127..127 weights and 7-bit activations instead, 94% and 0.044.
 _WEIGHT_LEVELS = 63
 _COPY_BLOCK = 4 << 20
+# The one line a first load prints (on stderr) instead of the libraries' progress bars and warnings.
+CONVERSION_NOTICE = (
+    "kernel-bridge: converting the embedded model once (up to 2 min on 2 CPU cores)…"
+)
 
 
 class EmbeddedModelError(RuntimeError):
@@ -159,6 +164,8 @@ def load_embedded(
     2-core CPU that decodes about 4x faster than bfloat16 and 5x faster than float32. Otherwise a
     floating torch dtype or its name (``"bfloat16"``, ``"float32"``, …): plain weights, e.g. to
     fine-tune, or to move the model to a GPU.
+
+    The libraries' progress bars stay off; a conversion announces itself with one line on stderr.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -166,12 +173,14 @@ def load_embedded(
     int8 = dtype in ("int8", torch.int8)
     torch_dtype = torch.bfloat16 if int8 else _floating_dtype(dtype)
     target = converted_dir(cache_dir)
-    if not _is_converted(target):
-        _convert(target, cache_dir)
-        _release_freed_memory()
-    tokenizer = AutoTokenizer.from_pretrained(target)
-    # The safetensors are bfloat16: loading in that dtype maps the file instead of copying it.
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype)
+    with _progress_bars_off():
+        if not _is_converted(target):
+            print(CONVERSION_NOTICE, file=sys.stderr, flush=True)
+            _convert(target, cache_dir)
+            _release_freed_memory()
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        # The safetensors are bfloat16: loading in that dtype maps the file instead of copying it.
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype)
     if int8:
         _use_int8_linears(model, target / _INT8_WEIGHTS)
         model.float()  # embeddings and norms; the int8 kernel takes float32 input
@@ -240,7 +249,7 @@ def _convert(target: Path, cache_dir: str | os.PathLike[str] | None) -> None:
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         # bfloat16, the dtype the safetensors keep: loading in float32 peaks 1.5 GB higher.
         model: Any = AutoModelForCausalLM.from_pretrained(
-            source.parent, gguf_file=source.name, dtype=torch.bfloat16
+            source.parent, gguf_file=source.name, dtype=torch.bfloat16, **_dequantized()
         )
     # The weights are plain tensors now; without this, save_pretrained refuses ("not serializable").
     model.hf_quantizer = None
@@ -295,6 +304,45 @@ def _shared_gguf_reader() -> Iterator[None]:
         yield
     finally:
         module.GGUFReader = original
+
+
+def _dequantized() -> dict[str, Any]:
+    """``from_pretrained`` options that unpack every GGUF weight into a plain tensor.
+
+    transformers with ``GgufConfig`` keeps weights in their GGUF blocks unless told otherwise (and
+    warns that bfloat16 is slow for the packed kernels); a conversion to safetensors wants them
+    unpacked. Older transformers always unpack, and have no such option.
+    """
+    import transformers
+
+    gguf_config = getattr(transformers, "GgufConfig", None)
+    return {} if gguf_config is None else {"quantization_config": gguf_config(dequantize=True)}
+
+
+@contextlib.contextmanager
+def _progress_bars_off() -> Iterator[None]:
+    """No transformers progress bars inside the block; the previous setting comes back after.
+
+    ``disable_progress_bar`` covers the bars drawn through transformers' own tqdm ("Loading
+    weights", "Writing model shards"); the GGUF de-quantizer calls tqdm directly, so for the block
+    it calls transformers' instead.
+    """
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
+    from transformers.utils import logging as hf_logging
+
+    module: Any = gguf_loading
+    original = vars(module).get("tqdm")  # absent if a transformers release drops it: no patch
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    if original is not None:
+        module.tqdm = hf_logging.tqdm
+    try:
+        yield
+    finally:
+        if original is not None:
+            module.tqdm = original
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _int8_weights(model: Any) -> dict[str, torch.Tensor]:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from kernel_bridge import embedded
 from kernel_bridge.embedded import (
+    CONVERSION_NOTICE,
     GGUF_NAME,
     GGUF_SHA256,
     INSTALL_HINT,
@@ -74,13 +77,32 @@ def fake_chunks(tmp_path, monkeypatch) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def converted(tmp_path_factory):
-    """One conversion for the session: (cache dir, int8 model, tokenizer)."""
+def first_run(tmp_path_factory) -> tuple[Path, str]:
+    """The one conversion for the session, as a user's first load: a fresh process and cache.
+
+    Returns (cache dir, what the process wrote to stderr).
+    """
     if not embedded_available():
         pytest.skip(f"chunk packages not installed ({INSTALL_HINT})")
     for module in ("torch", "transformers", "gguf", "accelerate"):
         pytest.importorskip(module)
     cache_dir = tmp_path_factory.mktemp("embedded-cache")
+    proc = subprocess.run(
+        [sys.executable, "-c", "from kernel_bridge.embedded import load_embedded; load_embedded()"],
+        env={**os.environ, "KERNEL_BRIDGE_CACHE": str(cache_dir)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return cache_dir, proc.stderr
+
+
+@pytest.fixture(scope="session")
+def converted(first_run):
+    """The session's conversion, loaded here: (cache dir, int8 model, tokenizer)."""
+    cache_dir, _ = first_run
     model, tokenizer = load_embedded(cache_dir=cache_dir)
     return cache_dir, model, tokenizer
 
@@ -174,6 +196,31 @@ def test_unknown_dtype_is_refused_before_any_work(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_progress_bars_come_back_as_they_were_even_when_a_load_fails(enabled):
+    pytest.importorskip("transformers")
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    gguf_tqdm = gguf_loading.tqdm
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        with pytest.raises(OSError, match="disk full"), embedded._progress_bars_off():
+            assert not hf_logging.is_progress_bar_enabled()
+            raise OSError("disk full")
+        assert hf_logging.is_progress_bar_enabled() == enabled
+        assert gguf_loading.tqdm is gguf_tqdm
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+
+
+@pytest.mark.slow
+def test_first_load_prints_one_line_and_nothing_from_the_libraries(first_run):
+    _, stderr = first_run
+    assert stderr.splitlines() == [CONVERSION_NOTICE]
+
+
 @pytest.mark.slow
 def test_first_load_converts_the_gguf_to_safetensors(converted):
     import torch
@@ -196,7 +243,7 @@ def test_first_load_converts_the_gguf_to_safetensors(converted):
 
 
 @pytest.mark.slow
-def test_second_load_reads_the_safetensors_not_the_gguf(converted, monkeypatch):
+def test_second_load_reads_the_safetensors_not_the_gguf(converted, monkeypatch, capfd):
     cache_dir, _, _ = converted
     gguf = cache_dir / GGUF_NAME
     aside = cache_dir.parent / f"{cache_dir.name}-gguf-aside"
@@ -209,7 +256,9 @@ def test_second_load_reads_the_safetensors_not_the_gguf(converted, monkeypatch):
 
     monkeypatch.setattr(embedded, "chunk_paths", no_chunks)
     try:
+        capfd.readouterr()
         model, tokenizer = load_embedded(cache_dir=cache_dir)
+        assert capfd.readouterr().err == ""  # no progress bars, no notice
         assert not gguf.exists()
         assert greedy_reply(model, tokenizer, PROMPT, max_new_tokens=8).strip()
     finally:
