@@ -269,6 +269,23 @@ QWEN25_SHAPES = {  # hidden, intermediate, layers, heads, kv heads (Qwen2.5 conf
 }
 
 
+def qwen25_config(shape: str, **extra: Any) -> Any:
+    """The transformers config of a Qwen2.5 ``shape`` (its vocabulary, layers and heads)."""
+    from transformers import Qwen2Config
+
+    hidden, inter, layers, heads, kv = QWEN25_SHAPES[shape]
+    return Qwen2Config(
+        vocab_size=151_936,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        tie_word_embeddings=shape in ("0.5B", "1.5B", "3B"),
+        **extra,
+    )
+
+
 H100_80GB = 81_559 * 2**20  # what an H100 80GB reports as its total memory
 
 
@@ -278,22 +295,13 @@ def gpu_fits(shape: str, lora: bool) -> dict[str, Any]:
 
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, H100_80GB / total))
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     from kernel_bridge.training.config import TrainConfig
     from kernel_bridge.training.policy import add_lora, char_tokenizer
     from kernel_bridge.training.trainer import Trainer
 
-    hidden, inter, layers, heads, kv = QWEN25_SHAPES[shape]
-    config = Qwen2Config(
-        vocab_size=151_936,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        tie_word_embeddings=shape in ("0.5B", "1.5B", "3B"),
-    )
+    config = qwen25_config(shape)
     train = TrainConfig(
         model="tiny",  # only the name: the model is passed in
         lora=lora,
@@ -326,20 +334,13 @@ def random_checkpoint(shape: str, path: Path) -> str:
     """A Qwen2.5 ``shape`` with random bf16 weights and the embedded model's tokenizer, saved
     where vLLM and transformers can load it; returns its ``hf:`` model name."""
     import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     from kernel_bridge.training.colocate import vllm_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(vllm_model_path("local"))
-    hidden, inter, layers, heads, kv = QWEN25_SHAPES[shape]
-    config = Qwen2Config(
-        vocab_size=151_936,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        tie_word_embeddings=shape in ("0.5B", "1.5B", "3B"),
+    config = qwen25_config(
+        shape,
         max_position_embeddings=32_768,
         eos_token_id=tokenizer.eos_token_id,
         torch_dtype="bfloat16",

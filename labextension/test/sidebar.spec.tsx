@@ -38,6 +38,17 @@ function fakeActions(): ISidebarActions & { [name: string]: any } {
   };
 }
 
+function renderSidebar(traces: NotebookTraces, actions: ISidebarActions): void {
+  render(
+    <Sidebar
+      connection={fakeConnection(traces)}
+      services={services}
+      showThinking={true}
+      actions={actions}
+    />
+  );
+}
+
 describe('Sidebar', () => {
   it('asks for a notebook when none is open', () => {
     render(
@@ -49,14 +60,7 @@ describe('Sidebar', () => {
   it('shows a live run with Stop enabled, and follows it as events arrive', () => {
     const traces = new NotebookTraces();
     const actions = fakeActions();
-    render(
-      <Sidebar
-        connection={fakeConnection(traces)}
-        services={services}
-        showThinking={true}
-        actions={actions}
-      />
-    );
+    renderSidebar(traces, actions);
     React.act(() => traces.put(applyEvents(openTrace(OPEN), EVENTS[0].concat(EVENTS[1]))));
     const stop = screen.getByRole('button', { name: 'Stop the run' }) as HTMLButtonElement;
     expect(stop.disabled).toBe(false);
@@ -74,14 +78,7 @@ describe('Sidebar', () => {
     const traces = new NotebookTraces();
     traces.put(fromTrace({ ...TRACE, labels: {} }, '/tmp/t.jsonl'));
     const actions = fakeActions();
-    render(
-      <Sidebar
-        connection={fakeConnection(traces)}
-        services={services}
-        showThinking={true}
-        actions={actions}
-      />
-    );
+    renderSidebar(traces, actions);
     fireEvent.change(screen.getByRole('textbox', { name: 'Note on this trace' }), {
       target: { value: 'clean reasoning' }
     });
@@ -110,14 +107,7 @@ describe('Sidebar', () => {
         messages: [{ role: 'user', content: 'Second question' }]
       })
     );
-    render(
-      <Sidebar
-        connection={fakeConnection(traces)}
-        services={services}
-        showThinking={true}
-        actions={fakeActions()}
-      />
-    );
+    renderSidebar(traces, fakeActions());
     const items = screen
       .getAllByRole('listitem')
       .filter(li => li.querySelector('.kb-History-item'));
