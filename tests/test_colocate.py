@@ -150,3 +150,21 @@ async def test_an_awake_engine_holding_the_same_weights_is_not_pushed_again(on_v
     assert await colocated.load(model) is True  # no version: always pushed
     assert engine.pushes == 4
     await colocated.close()
+
+
+async def test_weights_travel_in_batches_of_about_push_bytes(on_vllm):
+    model, tokenizer = tiny_policy()
+    engine = engine_for(tokenizer, steps=0, group=0, prompts=0)
+    on_vllm(engine)
+    largest = max(t.nbytes for _, t in hf_weights(model))
+    colocated = colocate.ColocatedVLLM(
+        "/models/tiny", tokenizer, temperature=1.0, top_p=1.0, max_tokens=8, max_model_len=64,
+        gpu_memory_utilization=0.3, dtype="float32", push_bytes=largest,
+    )  # fmt: skip
+    await colocated.load(model)
+    loads = engine.worker.model_runner.model.loads
+    names = [name for load in loads for name in load]
+    assert len(loads) > 1 and sorted(names) == sorted(name for name, _ in hf_weights(model))
+    for name, tensor in engine.hf_model.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+    await colocated.close()

@@ -59,14 +59,19 @@ def hf_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
         for name, module in base.named_modules()
         if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")
     }
-    seen: set[int] = set()
-    for name, tensor in base.state_dict().items():
-        if "lora_" in name or "modules_to_save" in name:
-            continue
-        key = tensor.data_ptr()
-        if key in seen:  # tied embeddings: vLLM ties them itself
-            continue
-        seen.add(key)
+    state = base.state_dict()
+    # Tied weights (embeddings) once, vLLM ties them itself; found before anything is sent, as
+    # sending may move a tensor's storage (CPU tensors go to shared memory).
+    first: dict[int, str] = {}
+    names = [
+        name
+        for name, tensor in state.items()
+        if "lora_" not in name
+        and "modules_to_save" not in name
+        and first.setdefault(tensor.data_ptr(), name) == name
+    ]
+    for name in names:
+        tensor = state[name]
         layer = lora_layers.get(name)
         if layer is not None and not layer.merged and not layer.disable_adapters:
             merged = tensor.float()
