@@ -168,3 +168,18 @@ async def test_weights_travel_in_batches_of_about_push_bytes(on_vllm):
     for name, tensor in engine.hf_model.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[name]), name
     await colocated.close()
+
+
+async def test_below_temperature_one_engine_and_trainer_score_the_tempered_distribution(
+    tmp_path, on_vllm
+):
+    model, tokenizer = tiny_policy()
+    engine = engine_for(tokenizer, steps=1, group=4, prompts=2)
+    on_vllm(engine)
+    config = colocated_config(tmp_path, temperature=0.5, steps=1)
+    trainer = Trainer(config, model=model, tokenizer=tokenizer, tasks=TASKS, reward=share_of_digits)
+    async with trainer:
+        metrics = await trainer.train_step()
+    assert engine.engine_args.kwargs["logprobs_mode"] == "processed_logprobs"
+    assert {c.params.temperature for c in engine.calls} == {0.5}
+    assert metrics["logprob_diff_max"] < 1e-4 and metrics["logprob_fallbacks"] == 0

@@ -69,6 +69,31 @@ async def test_tiny_policy_learns_a_checkable_task_through_real_rollouts(tmp_pat
     assert [m["step"] for m in metrics] == list(range(1, 21))
 
 
+async def test_at_another_temperature_sampler_and_trainer_agree_on_the_logprobs(tmp_path):
+    """Both score the distribution the rollouts came from: the model's at the temperature."""
+    from kernel_bridge.training.grpo import make_batch, token_logprobs
+    from kernel_bridge.training.trainer import training_example
+
+    config = tiny_config(tmp_path, temperature=0.6, steps=1, group_size=4, prompts_per_step=2)
+    async with Trainer(config, tasks=DIGIT_TASKS, reward=share_of_digits) as trainer:
+        rollouts = await trainer.generate(DIGIT_TASKS[:1], group_size=2)
+        example = training_example(rollouts[0].trace, trainer.tokenizer, 1.0, 4096)
+        batch = make_batch([example.row], [1.0], trainer.tokenizer.pad_token_id)
+        with torch.no_grad():
+            tempered, raw = (
+                token_logprobs(trainer.model, batch.input_ids, batch.attention_mask, batch.start,
+                               temperature=t)
+                for t in (0.6, 1.0)
+            )  # fmt: skip
+        have = batch.mask & ~batch.recorded.isnan()
+        assert have.sum() > 0
+        assert (batch.recorded - tempered)[have].abs().max() < 1e-4
+        assert (batch.recorded - raw)[have].abs().max() > 0.1  # not the untempered model's
+        metrics = await trainer.train_step()
+    assert metrics["logprob_tokens_compared"] > 0
+    assert metrics["logprob_diff_max"] < 1e-3 and metrics["logprob_fallbacks"] == 0
+
+
 async def test_resume_continues_the_step_count_and_restores_the_optimizer(tmp_path):
     config = tiny_config(tmp_path, steps=2, group_size=2, prompts_per_step=2, save_every=1)
     async with Trainer(config, tasks=DIGIT_TASKS, reward=share_of_digits) as first:

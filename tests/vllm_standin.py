@@ -453,8 +453,8 @@ class VLLMEngineStandIn:
         self.aborted: list[str] = []  # abort(request_id) calls
         self.events: list[str] = []  # sleep, wake_up, reset_prefix_cache, shutdown
         self.engine_args: Any = None
-        # (prompt ids, sampled ids) -> their logprobs; the made-up ``logprob_of`` values if None
-        self.score: Callable[[list[int], list[int]], list[float]] | None = None
+        # (prompt ids, sampled ids, temperature) -> their logprobs; made-up values if None
+        self.score: Callable[[list[int], list[int], float], list[float]] | None = None
 
     async def generate(
         self, prompt: dict[str, Any], sampling_params: SamplingParams, request_id: str
@@ -471,7 +471,9 @@ class VLLMEngineStandIn:
             list(sampling_params.stop or []),
         )
         if self.score is not None:
-            generation.logprobs = self.score(list(prompt["prompt_token_ids"]), generation.ids)
+            generation.logprobs = self.score(
+                list(prompt["prompt_token_ids"]), generation.ids, sampling_params.temperature
+            )
         call.generation = generation
         n = max(1, completion.tokens_per_chunk)
         try:
@@ -560,7 +562,8 @@ class ColocatedEngineStandIn(VLLMEngineStandIn):
     named by ``worker_extension_cls`` in the engine arguments mixed into the worker, the call's
     arguments pickled on the way as they are to vLLM's worker processes. ``sleep(level=2)``
     discards the weights (NaN, as freed memory holds anything) and generating while asleep fails.
-    Logprobs are scored by the engine's copy, so a missed or wrong weight push shows up as a
+    Logprobs are scored by the engine's copy (after the temperature with
+    ``logprobs_mode="processed_logprobs"``), so a missed or wrong weight push shows up as a
     difference from the trainer's logprobs. CPU tensors travel as shared memory, not CUDA IPC.
     ``take_weights=False`` makes an engine that ignores every push after the first.
     """
@@ -633,12 +636,16 @@ class ColocatedEngineStandIn(VLLMEngineStandIn):
         async for output in super().generate(prompt, sampling_params, request_id):
             yield output
 
-    def _score(self, prompt_ids: list[int], ids: list[int]) -> list[float]:
+    def _score(self, prompt_ids: list[int], ids: list[int], temperature: float) -> list[float]:
+        """Logprobs as vLLM returns them: raw, or after the temperature ("processed_logprobs";
+        top-p is not modelled)."""
         import torch
 
+        if self.engine_args.kwargs.get("logprobs_mode") != "processed_logprobs" or not temperature:
+            temperature = 1.0
         with torch.no_grad():
             logits = self.hf_model(torch.tensor([prompt_ids + ids])).logits[0].float()
-            logprobs = logits[len(prompt_ids) - 1 : -1].log_softmax(-1)
+            logprobs = (logits[len(prompt_ids) - 1 : -1] / temperature).log_softmax(-1)
             return logprobs.gather(-1, torch.tensor(ids)[:, None])[:, 0].tolist()
 
 

@@ -199,11 +199,12 @@ class _Steps:
             logits = out.logits[0, -1].float()
         s._cache = out.past_key_values
         s._cache_ids.extend(self._next_input)
-        logprobs = torch.log_softmax(logits, dim=-1)
         if s.config.temperature == 0:
+            logprobs = torch.log_softmax(logits, dim=-1)
             token = int(torch.argmax(logits))
-        else:
-            probs = torch.softmax(logits / s.config.temperature, dim=-1)
+        else:  # the logprob under the temperature, before top-p: what a GRPO trainer computes
+            logprobs = torch.log_softmax(logits / s.config.temperature, dim=-1)
+            probs = logprobs.exp()
             if s.config.top_p < 1:
                 sorted_p, order = torch.sort(probs, descending=True)
                 keep = torch.cumsum(sorted_p, 0) - sorted_p < s.config.top_p

@@ -120,6 +120,9 @@ class ColocatedVLLM:
             enable_prefix_caching=True,
             enable_sleep_mode=sleep,
             worker_extension_cls=WORKER_EXTENSION,
+            # Logprobs after the temperature, as the trainer computes them (with top_p < 1 also
+            # after top-p, which the trainer does not apply: the logprob check then falls back).
+            logprobs_mode="processed_logprobs",
         )
         self.engine = AsyncLLM.from_engine_args(args)
         # No per-request seed: one seed for every request would give G identical completions.

@@ -91,9 +91,15 @@ def grpo_loss(
 
 
 def _head_logprobs(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     logits = F.linear(hidden, weight, bias).float()
+    if temperature != 1.0:
+        logits = logits / temperature
     return logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
 
 
@@ -103,9 +109,12 @@ def token_logprobs(
     attention_mask: torch.Tensor,
     start: int = 0,
     chunk_size: int = 512,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """``log p(input_ids[:, t+1] | input_ids[:, :t+1])`` for ``t`` from ``start``: [B, T-1-start].
 
+    ``p`` is the distribution the rollouts were sampled from: the model's at ``temperature``
+    (logits divided by it; top-p is not applied, as in TRL).
     With ``chunk_size > 0`` the LM head runs on ``chunk_size`` positions at a time under activation
     checkpointing: neither the forward nor the backward pass ever holds more than
     [chunk_size × vocab] logits, instead of [batch × length × vocab].
@@ -116,7 +125,7 @@ def token_logprobs(
     targets = input_ids[:, start + 1 :]
     head = model.get_output_embeddings()
     if chunk_size <= 0:
-        return _head_logprobs(hidden, head.weight, head.bias, targets)
+        return _head_logprobs(hidden, head.weight, head.bias, targets, temperature)
     batch, length, width = hidden.shape
     flat_hidden, flat_targets = hidden.reshape(-1, width), targets.reshape(-1)
     pieces = []
@@ -124,10 +133,12 @@ def token_logprobs(
         h, t = flat_hidden[at : at + chunk_size], flat_targets[at : at + chunk_size]
         if torch.is_grad_enabled():
             pieces.append(
-                checkpoint(_head_logprobs, h, head.weight, head.bias, t, use_reentrant=False)
+                checkpoint(
+                    _head_logprobs, h, head.weight, head.bias, t, temperature, use_reentrant=False
+                )
             )
         else:
-            pieces.append(_head_logprobs(h, head.weight, head.bias, t))
+            pieces.append(_head_logprobs(h, head.weight, head.bias, t, temperature))
     return torch.cat(pieces).reshape(batch, length)
 
 

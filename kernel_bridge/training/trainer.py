@@ -352,7 +352,7 @@ class Trainer:
                     batch = batch.to(self.device)
                     logprobs = token_logprobs(
                         self.model, batch.input_ids, batch.attention_mask, batch.start,
-                        c.logprob_chunk,
+                        c.logprob_chunk, c.temperature,
                     )  # fmt: skip
                     if epoch == 0:  # the policy is still π_old: its values are the old logprobs
                         trainer_old = logprobs.detach()
@@ -402,7 +402,7 @@ class Trainer:
             with context:
                 return token_logprobs(
                     model, batch.input_ids, batch.attention_mask, batch.start,
-                    self.config.logprob_chunk,
+                    self.config.logprob_chunk, self.config.temperature,
                 )  # fmt: skip
 
     async def train_step(self) -> dict[str, Any]:
