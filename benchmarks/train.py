@@ -17,9 +17,9 @@ CPU, each against a baseline measured in the same run:
   2,048 tokens (LoRA, gradient checkpointing), where the logits set the peak. Each variant runs in
   its own process so its peak resident memory is its own.
 
-GPU (``--gpu``, skipped without CUDA): with vLLM colocated (``backend = "vllm"``), G = 8 and 4
-prompts per step on tier-1 tasks, for the 0.5B (embedded) and 1.5B (``--model-1.5b``, a hub id or
-local path) models: generation tokens/s, update tokens/s, peak GPU memory, seconds per step, the
+GPU (``--gpu``, skipped without CUDA): with vLLM colocated (``backend = "vllm"``; the transformers
+sampler where vLLM is not installed), G = 8 and 4 prompts per step on tier-1 tasks, for the 0.5B
+(embedded) and 1.5B (``--model-1.5b``: random weights, or a hub id or local path) models: generation tokens/s, update tokens/s, peak GPU memory, seconds per step, the
 engine-vs-trainer logprob difference; then the largest Qwen2.5 shape (random weights from a config,
 nothing downloaded) whose GRPO update (bf16 weights, AdamW, gradient checkpointing, 2 × 1024
 tokens) fits in the memory of an 80 GB GPU (the process is capped at an H100's 79.6 GiB when the
@@ -226,13 +226,16 @@ def in_subprocess(options: dict[str, Any]) -> dict[str, Any]:
 
 
 async def gpu_steps(model: str, steps: int, out_dir: str) -> dict[str, Any]:
-    """Colocated GRPO steps on tier-1 tasks, G = 8, 4 prompts; the last step's figures."""
+    """GRPO steps on tier-1 tasks, G = 8, 4 prompts; the last step's figures. Generation on vLLM
+    colocated; where vLLM is not installed, on the transformers sampler (the row says which)."""
+    from kernel_bridge.training.colocate import vllm_available
     from kernel_bridge.training.config import TrainConfig
     from kernel_bridge.training.trainer import Trainer
 
+    backend = "vllm" if vllm_available() else "transformers"
     config = TrainConfig(
         model=model,
-        backend="vllm",
+        backend=backend,
         tiers=[1],
         group_size=8,
         prompts_per_step=4,
@@ -256,7 +259,7 @@ async def gpu_steps(model: str, steps: int, out_dir: str) -> dict[str, Any]:
         "step_s", "rollout_s", "update_s", "generation_tokens_per_s", "update_tokens_per_s",
         "peak_memory_mb", "logprob_diff_max", "logprob_diff_mean", "reward", "tool_use",
     )  # fmt: skip
-    return {"model": model, **{k: last.get(k) for k in keys}}
+    return {"model": model, "backend": backend, **{k: last.get(k) for k in keys}}
 
 
 QWEN25_SHAPES = {  # hidden, intermediate, layers, heads, kv heads (Qwen2.5 configs)
@@ -450,16 +453,17 @@ def _same_shape(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def gpu_table(out: dict[str, Any]) -> str:
     rows = [
-        "| model | s/step | generation tok/s (vLLM) | update tok/s | peak GPU GiB | "
+        "| model | generation on | s/step | generation tok/s | update tok/s | peak GPU GiB | "
         "logprob diff max / mean |",
-        "|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for s in out.get("gpu_steps", []):
         if "error" in s:
-            rows.append(f"| {s['model']} | {s['error']} | | | | |")
+            rows.append(f"| {s['model']} | {s['error']} | | | | | |")
             continue
         rows.append(
-            f"| {s['model']} | {fmt(s['step_s'])} | {fmt(s['generation_tokens_per_s'])} | "
+            f"| {s['model']} | {s['backend']} | {fmt(s['step_s'])} | "
+            f"{fmt(s['generation_tokens_per_s'])} | "
             f"{fmt(s['update_tokens_per_s'])} | {fmt(s['peak_memory_mb'] / 1024)} | "
             f"{fmt(s['logprob_diff_max'], 3)} / {fmt(s['logprob_diff_mean'], 4)} |"
         )
@@ -503,7 +507,7 @@ def cpu_part(quick: bool) -> dict[str, Any]:
 def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--quick", action="store_true", help="fewer rollouts; no policy rollouts")
-    cli.add_argument("--gpu", action="store_true", help="also the GPU part (needs CUDA and vLLM)")
+    cli.add_argument("--gpu", action="store_true", help="also the GPU part (needs CUDA; vLLM)")
     cli.add_argument("--gpu-only", action="store_true", help="the GPU part alone")
     cli.add_argument(
         "--model-1.5b",
