@@ -19,8 +19,9 @@ CPU, each against a baseline measured in the same run:
 
 GPU (``--gpu``, skipped without CUDA): with vLLM colocated (``backend = "vllm"``; the transformers
 sampler where vLLM is not installed), G = 8 and 4 prompts per step on tier-1 tasks, for the 0.5B
-(embedded) and 1.5B (``--model-1.5b``: random weights, or a hub id or local path) models: generation tokens/s, update tokens/s, peak GPU memory, seconds per step, the
-engine-vs-trainer logprob difference; then the largest Qwen2.5 shape (random weights from a config,
+(embedded) and 1.5B (``--model-1.5b``: random weights, or a hub id or local path) models:
+generation tokens/s, update tokens/s, peak GPU memory, seconds per step, the engine-vs-trainer
+logprob difference; then the largest Qwen2.5 shape (random weights from a config,
 nothing downloaded) whose GRPO update (bf16 weights, AdamW, gradient checkpointing, 2 × 1024
 tokens) fits in the memory of an 80 GB GPU (the process is capped at an H100's 79.6 GiB when the
 GPU has more), with and without LoRA.
