@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -547,3 +548,28 @@ async def test_gpu_script_engine_path_sleeps_wakes_and_shuts_down(vllm_standin, 
     assert out["same_after_wake"] and out["reasoner"]["correct"]
     assert vllm_standin.events == ["sleep(1)", "wake_up", "reset_prefix_cache", "shutdown"]
     assert vllm_standin.engine_args.kwargs["enable_sleep_mode"] is True
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"temperature": -0.1}, "temperature must be ≥ 0"),
+        ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+        ({"top_p": 1.5}, "top_p must be in (0, 1]"),
+        ({"max_tokens": 0}, "max_tokens must be at least 1"),
+    ],
+)
+def test_every_sampler_refuses_the_same_bad_settings_in_the_same_words(settings, message):
+    from kernel_bridge.samplers.transformers import GenerationConfig
+
+    tokenizer = object()
+    makers = [
+        lambda: VLLMServerSampler("http://127.0.0.1:9/v1", "m", tokenizer, **settings),
+        lambda: VLLMEngineSampler(object(), tokenizer, **settings),
+        lambda: LiteLLMSampler("openai/m", **settings),
+    ]
+    if "max_tokens" not in settings:
+        makers.append(lambda: GenerationConfig(**settings))
+    for make in makers:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make()

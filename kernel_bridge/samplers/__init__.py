@@ -55,6 +55,18 @@ class Sampler(Protocol):
         ...
 
 
+def check_sampling(
+    temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None
+) -> None:
+    """Refuse sampling settings no backend takes (a ``ValueError`` naming the setting)."""
+    if temperature is not None and temperature < 0:
+        raise ValueError(f"temperature must be ≥ 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+
+
 class ModelSpecError(ValueError):
     """A model string that names no usable sampler."""
 
@@ -140,6 +152,7 @@ __all__ = [
     "ModelSpecError",
     "SampleRequest",
     "Sampler",
+    "check_sampling",
     "make_sampler",
     "resolve_model",
 ]

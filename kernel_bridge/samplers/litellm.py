@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from kernel_bridge.samplers import Delta, ModelSpecError, SampleRequest
+from kernel_bridge.samplers import Delta, ModelSpecError, SampleRequest, check_sampling
 
 # The user message of the turn-based fallback, sent after the assistant turn so far.
 CONTINUE_PROMPT = (
@@ -101,8 +101,7 @@ class LiteLLMSampler:
         backoff: float = 1.0,
         timeout: float = 120.0,
     ) -> None:
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        check_sampling(temperature, top_p, max_tokens)
         if retries < 0 or backoff < 0 or timeout <= 0:
             raise ValueError(
                 "need retries ≥ 0, backoff ≥ 0 and timeout > 0; "

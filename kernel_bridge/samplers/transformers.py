@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from kernel_bridge.samplers import Delta, SampleRequest
+from kernel_bridge.samplers import Delta, SampleRequest, check_sampling
 from kernel_bridge.samplers.tokens import Detokenizer, TokenContext, TokenOutput
 
 
@@ -29,10 +29,7 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_sampling(self.temperature, self.top_p)
 
 
 class TransformersSampler(TokenContext):

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from kernel_bridge.samplers import Delta, ModelSpecError, SampleRequest
+from kernel_bridge.samplers import Delta, ModelSpecError, SampleRequest, check_sampling
 from kernel_bridge.samplers.litellm import SamplerError
 from kernel_bridge.samplers.tokens import Detokenizer, TokenContext, TokenOutput
 
@@ -170,7 +170,7 @@ class VLLMServerSampler(_TokenIdsSampler):
         timeout: float = 120.0,
         max_model_len: int | None = None,
     ) -> None:
-        _check_sampling(temperature, top_p, max_tokens)
+        check_sampling(temperature, top_p, max_tokens)
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.url = base_url(url)
@@ -347,7 +347,7 @@ class VLLMEngineSampler(_TokenIdsSampler):
         sampling_kwargs: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
-        _check_sampling(temperature, top_p, max_tokens)
+        check_sampling(temperature, top_p, max_tokens)
         self.engine = engine
         self.tokenizer = tokenizer
         self.temperature = temperature
@@ -470,15 +470,6 @@ class VLLMEngineSampler(_TokenIdsSampler):
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def _check_sampling(temperature: float, top_p: float, max_tokens: int) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be ≥ 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
 
 
 def _import_httpx() -> Any:
