@@ -211,6 +211,11 @@ function History(props: {
   );
 }
 
+const RATINGS = [
+  { value: 'up', label: 'Good trace', emoji: '👍' },
+  { value: 'down', label: 'Bad trace', emoji: '👎' }
+] as const;
+
 function Feedback(props: { view: ITraceView; onSave: (labels: ILabels) => void }): JSX.Element {
   const { view, onSave } = props;
   const rating = view.labels.rating ?? null;
@@ -219,26 +224,19 @@ function Feedback(props: { view: ITraceView; onSave: (labels: ILabels) => void }
     onSave({ rating: rating === value ? null : value, note } as unknown as ILabels);
   return (
     <div className="kb-Feedback" role="group" aria-label="Feedback on this trace">
-      <button
-        type="button"
-        className="kb-Button kb-Rate"
-        aria-pressed={rating === 'up'}
-        aria-label="Good trace"
-        title="Good trace (👍)"
-        onClick={() => rate('up')}
-      >
-        👍
-      </button>
-      <button
-        type="button"
-        className="kb-Button kb-Rate"
-        aria-pressed={rating === 'down'}
-        aria-label="Bad trace"
-        title="Bad trace (👎)"
-        onClick={() => rate('down')}
-      >
-        👎
-      </button>
+      {RATINGS.map(({ value, label, emoji }) => (
+        <button
+          key={value}
+          type="button"
+          className="kb-Button kb-Rate"
+          aria-pressed={rating === value}
+          aria-label={label}
+          title={`${label} (${emoji})`}
+          onClick={() => rate(value)}
+        >
+          {emoji}
+        </button>
+      ))}
       <input
         className="kb-Note"
         type="text"
