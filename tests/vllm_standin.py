@@ -28,17 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
-import threading
 import time
 import types
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any, TypedDict
 
-from tests.openai_standin import _Handler as _SSEHandler
+from tests.http_standin import ScriptedExchange, ScriptedHandler, ScriptedServer
 
 
 @dataclass
@@ -118,97 +115,22 @@ def _logprobs(ids: list[int]) -> list[float]:
 # -- the HTTP server ------------------------------------------------------------------------------
 
 
-@dataclass
-class Exchange:
+@dataclass(kw_only=True)
+class Exchange(ScriptedExchange):
     """One completions request: its body, what was sent back, and how it ended."""
 
-    body: dict[str, Any]
     completion: Completion
     generation: Generation | None = None
     sent_ids: list[int] = field(default_factory=list)
     sent_logprobs: list[float] = field(default_factory=list)
-    sent_at: list[float] = field(default_factory=list)  # time.monotonic() per chunk
-    completed: bool = False  # everything (and [DONE]) was written
-    disconnected: bool = False  # the client hung up before that
-    disconnected_at: float | None = None
-    done: threading.Event = field(default_factory=threading.Event)
 
     @property
     def prompt(self) -> list[int]:
         return list(self.body["prompt"])
 
 
-class VLLMCompletionsStandIn:
-    """The server; use as a context manager. ``url`` is the OpenAI base, ending in ``/v1``."""
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        *,
-        model: str = "standin/qwen",
-        root: str | None = None,
-        max_model_len: int = 32768,
-        tokenize_route: bool = True,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.model = model
-        self.root = root or model
-        self.max_model_len = max_model_len
-        self.tokenize_route = tokenize_route
-        self.completions: deque[Completion] = deque()
-        self.exchanges: list[Exchange] = []
-        self.lock = threading.Lock()
-        standin = self
-
-        class Handler(_Handler):
-            server_standin = standin  # type: ignore[assignment]
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    @property
-    def bodies(self) -> list[dict[str, Any]]:
-        return [e.body for e in self.exchanges]
-
-    def add(self, *completions: Completion) -> None:
-        with self.lock:
-            self.completions.extend(completions)
-
-    def __enter__(self) -> VLLMCompletionsStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-    def wait_done(self, index: int = -1, timeout: float = 5.0) -> Exchange:
-        exchange = self.exchanges[index]
-        if not exchange.done.wait(timeout):
-            raise TimeoutError(f"request {index} still open after {timeout} s")
-        return exchange
-
-    async def done(self, index: int = -1, timeout: float = 5.0) -> Exchange:
-        """Wait (without blocking the loop) until the server has finished with a request."""
-        return await asyncio.to_thread(self.wait_done, index, timeout)
-
-    def _next(self) -> Completion:
-        with self.lock:
-            if not self.completions:
-                return Completion(status=500, error_message="the stand-in has no script left")
-            return self.completions.popleft()
-
-
-class _Handler(_SSEHandler):
-    server_standin: VLLMCompletionsStandIn  # type: ignore[assignment]
+class _Handler(ScriptedHandler):
+    server_standin: VLLMCompletionsStandIn
 
     def do_GET(self) -> None:
         s = self.server_standin
@@ -230,8 +152,7 @@ class _Handler(_SSEHandler):
 
     def do_POST(self) -> None:
         s = self.server_standin
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
+        body = self._read_json()
         if self.path == "/tokenize" and s.tokenize_route:
             tokens = s.tokenizer.encode(
                 body["prompt"], add_special_tokens=body.get("add_special_tokens", True)
@@ -244,24 +165,10 @@ class _Handler(_SSEHandler):
             return
         error = self._invalid(body)
         if error is not None:
-            self._send_json(error[0], _error(error[0], error[1]))
+            self._send_json(error[0], self._error_body(*error))
             return
-        exchange = Exchange(body, s._next())
-        with s.lock:
-            s.exchanges.append(exchange)
-        try:
-            if exchange.completion.status != 200:
-                status = exchange.completion.status
-                self._send_json(status, _error(status, exchange.completion.error_message))
-                exchange.completed = True
-            else:
-                self._stream_completion(exchange)
-        except (BrokenPipeError, ConnectionResetError):
-            exchange.disconnected = True
-            exchange.disconnected_at = time.monotonic()
-            self.close_connection = True
-        finally:
-            exchange.done.set()
+        exchange = Exchange(body=body, completion=s._next_script())
+        self._serve(exchange, exchange.completion, lambda: self._stream_completion(exchange))
 
     def _invalid(self, body: dict[str, Any]) -> tuple[int, str] | None:
         s = self.server_standin
@@ -289,10 +196,7 @@ class _Handler(_SSEHandler):
         stop = [stop] if isinstance(stop, str) else list(stop)
         generation = generate(s.tokenizer, completion, max_tokens, stop)
         exchange.generation = generation
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        self._start_events()
         n = max(1, completion.tokens_per_chunk)
         starts = range(0, len(generation.ids), n)
         offset = 0
@@ -301,14 +205,12 @@ class _Handler(_SSEHandler):
                 self._drop()
                 return
             if completion.error_after is not None and k == completion.error_after:
-                message = _error(500, completion.error_message)
-                self._write(b"data: " + json.dumps(message).encode() + b"\n\n")
+                self._event(self._error_body(500, completion.error_message))
                 self._write(b"data: [DONE]\n\n")
                 self._end()
                 exchange.completed = True
                 return
-            if completion.delay and self._client_gone(completion.delay):
-                raise ConnectionResetError("the client hung up")
+            self._pause(completion.delay)
             end = start + n
             last = end >= len(generation.ids)
             ids = generation.ids[start:end]
@@ -322,7 +224,7 @@ class _Handler(_SSEHandler):
                 "stop_reason": generation.stop_reason if last else None,
             }
             offset += len(text)
-            self._write(b"data: " + json.dumps(self._completion_chunk(choice)).encode() + b"\n\n")
+            self._event(self._completion_chunk(choice))
             exchange.sent_ids.extend(ids)
             exchange.sent_logprobs.extend(logprobs)
             exchange.sent_at.append(time.monotonic())
@@ -358,10 +260,45 @@ class _Handler(_SSEHandler):
             "choices": [choice],
         }
 
+    @staticmethod
+    def _error_body(status: int, message: str) -> dict[str, Any]:
+        kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
+        return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
-def _error(status: int, message: str) -> dict[str, Any]:
-    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
-    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+class VLLMCompletionsStandIn(ScriptedServer[Completion, Exchange]):
+    """The server; use as a context manager. ``url`` is the OpenAI base, ending in ``/v1``."""
+
+    handler = _Handler
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        model: str = "standin/qwen",
+        root: str | None = None,
+        max_model_len: int = 32768,
+        tokenize_route: bool = True,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+        self.root = root or model
+        self.max_model_len = max_model_len
+        self.tokenize_route = tokenize_route
+        super().__init__()
+
+    @property
+    def url(self) -> str:
+        """``base_url``, under the name ``VLLMServerSampler`` gives it."""
+        return self.base_url
+
+    @property
+    def completions(self) -> deque[Completion]:
+        """The completions not yet generated, next first."""
+        return self.script
+
+    def _unscripted(self) -> Completion:
+        return Completion(status=500, error_message="the stand-in has no script left")
 
 
 # -- the in-process engine ------------------------------------------------------------------------
