@@ -220,7 +220,9 @@ def test_a_failing_tool_raises_one_readable_tool_error():
     assert str(info.value) == "broken() failed: KeyError: 'missing'"
 
 
-def test_smolagents_tools_are_accepted_as_they_are():
+@pytest.fixture
+def greeter():
+    """A smolagents tool class with a constructor argument."""
     smolagents = pytest.importorskip("smolagents")  # in the test extra; skipped only elsewhere
 
     class Greeter(smolagents.Tool):
@@ -236,7 +238,11 @@ def test_smolagents_tools_are_accepted_as_they_are():
         def forward(self, who: str) -> str:
             return f"{self.greeting}, {who}!"
 
-    box = Toolbox([Greeter("Bonjour")])
+    return Greeter
+
+
+def test_smolagents_tools_are_accepted_as_they_are(greeter):
+    box = Toolbox([greeter("Bonjour")])
     assert box.tools[0].greeting == "Bonjour"
     assert "def greet(who: str) -> str:" in box.prompt()
     assert "who: Whom to greet." in box.prompt()
@@ -282,24 +288,9 @@ async def test_constructor_arguments_survive_installation_in_a_remote_kernel(
         assert refused.status == "error" and refused.error_name == "ImportRefusedError"
 
 
-async def test_smolagents_tool_keeps_its_constructor_argument_in_the_kernel():
-    smolagents = pytest.importorskip("smolagents")
-
-    class Greeter(smolagents.Tool):
-        name = "greet"
-        description = "Greets someone."
-        inputs = {"who": {"type": "string", "description": "Whom to greet."}}  # noqa: RUF012
-        output_type = "string"
-
-        def __init__(self, greeting: str = "Hello") -> None:
-            super().__init__()
-            self.greeting = greeting
-
-        def forward(self, who: str) -> str:
-            return f"{self.greeting}, {who}!"
-
+async def test_smolagents_tool_keeps_its_constructor_argument_in_the_kernel(greeter):
     async with Kernel(timeout=20) as k:
-        await Toolbox([Greeter("Bonjour")]).install(k)
+        await Toolbox([greeter("Bonjour")]).install(k)
         assert (await k.execute("greet('Ada')")).output_text == "'Bonjour, Ada!'"
 
 
