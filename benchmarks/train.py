@@ -206,18 +206,26 @@ def measure_update(options: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def in_subprocess(options: dict[str, Any]) -> dict[str, Any]:
-    """Run ``measure_update(options)`` in a fresh Python; its peak memory is its own."""
+def run_self(flag: str, options: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """This script with ``flag OPTIONS_JSON`` in a fresh Python (its peak memory is its own):
+    the JSON line it printed last, or None, and the tail of its output."""
     done = subprocess.run(
-        [sys.executable, __file__, "--measure-update", json.dumps(options)],
+        [sys.executable, __file__, flag, json.dumps(options)],
         capture_output=True,
         text=True,
         check=False,
     )
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("{"):
-            return json.loads(line)
-    tail = (done.stderr or done.stdout)[-1500:]
+            return json.loads(line), ""
+    return None, (done.stderr or done.stdout)[-1500:]
+
+
+def in_subprocess(options: dict[str, Any]) -> dict[str, Any]:
+    """``measure_update(options)`` in a fresh Python."""
+    result, tail = run_self("--measure-update", options)
+    if result is not None:
+        return result
     if "out of memory" in tail.lower() or "OutOfMemoryError" in tail:
         return {**options, "oom": True}
     raise RuntimeError(f"update measurement {options} failed:\n{tail}")
@@ -363,16 +371,10 @@ class _VocabOf:
 
 
 def gpu_fit_in_subprocess(shape: str, lora: bool) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, __file__, "--fits", json.dumps({"shape": shape, "lora": lora})],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"shape": shape, "lora": lora, "fits": False, "error": done.stderr[-500:]}
+    result, tail = run_self("--fits", {"shape": shape, "lora": lora})
+    if result is not None:
+        return result
+    return {"shape": shape, "lora": lora, "fits": False, "error": tail[-500:]}
 
 
 # -- tables --------------------------------------------------------------------------------------
