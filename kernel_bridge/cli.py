@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -97,8 +98,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the latest checkpoint in out_dir"
     )
 
-    evaluate = sub.add_parser("eval", help="a policy's accuracy and tool use on held-out tasks")
-    evaluate.add_argument("config", type=Path, help="TOML training config")
+    evaluate = sub.add_parser(
+        "eval",
+        help="held-out accuracy and tool use of a training run, or of models side by side",
+        description="Greedy runs of held-out tasks. With --model (repeatable): every model on "
+        "the same tasks in one run, and a table side by side, e.g. "
+        "kernel-bridge eval --model local-base --model local. Without: the config's model and "
+        "its latest checkpoint.",
+    )
+    evaluate.add_argument(
+        "config", type=Path, nargs="?", default=None, help="TOML training config (optional)"
+    )
+    evaluate.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        dest="models",
+        help="a model string to evaluate (repeat to compare): local, local-base, local:RUN_DIR, "
+        "hf:…, openai/…",
+    )
+    evaluate.add_argument(
+        "--tasks", default=None, help="a JSONL task file, or 'builtin' (default: the config's)"
+    )
+    evaluate.add_argument("--tiers", default=None, help="built-in tiers, e.g. 1,2 (default: 1,2)")
+    evaluate.add_argument(
+        "--split",
+        choices=("heldout", "train", "all"),
+        default="heldout",
+        help="which tasks of the set (default: heldout)",
+    )
+    evaluate.add_argument("--max-tasks", type=int, default=None, help="at most this many tasks")
     evaluate.add_argument(
         "--checkpoint",
         type=Path,
@@ -106,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint directory (default: the latest in out_dir, else the untrained model)",
     )
     evaluate.add_argument("--out-dir", default=None, help="where checkpoints and results are")
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the metrics here")
     return parser
 
 
@@ -259,6 +289,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.models:
+        return _compare(args)
+    if args.config is None:
+        raise UsageError("give a training config, or models to compare with --model")
     from kernel_bridge.training.trainer import run_eval
 
     config = _training_config(args)
@@ -272,6 +306,64 @@ def _eval(args: argparse.Namespace) -> int:
             value = metrics[key]
             print(f"{key:>16}  {value:.3f}" if isinstance(value, float) else f"{key:>16}  {value}")
     print(f"traces: {Path(config.out_dir) / 'eval_traces.jsonl'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Every ``--model`` on the same tasks, greedy, in one table (``training/evaluate.py``)."""
+    from kernel_bridge.reasoner import Limits
+    from kernel_bridge.training.config import TrainConfig
+    from kernel_bridge.training.evaluate import compare, comparison_table
+    from kernel_bridge.training.rewards import Rewards
+    from kernel_bridge.training.rollout import RolloutSettings
+    from kernel_bridge.training.tasks import builtin_tasks, hold_out, load_tasks
+
+    if args.config is not None:
+        config = _training_config(args)
+    else:
+        config = TrainConfig(out_dir=args.out_dir or "runs/eval", tiers=[1, 2])
+    tasks_from = args.tasks or config.tasks
+    if tasks_from == "builtin":
+        try:
+            tiers = [int(t) for t in args.tiers.split(",")] if args.tiers else config.tiers
+        except ValueError:
+            raise UsageError(f"--tiers takes numbers like 1,2, got {args.tiers!r}") from None
+        tasks = builtin_tasks(tiers)
+    else:
+        tasks = hold_out(load_tasks(tasks_from), config.heldout_fraction)
+    if args.split != "all":
+        tasks = [t for t in tasks if t.split == args.split]
+    if args.max_tasks is not None:
+        if args.max_tasks < 1:
+            raise UsageError(f"--max-tasks must be at least 1, got {args.max_tasks}")
+        tasks = tasks[: args.max_tasks]
+    if not tasks:
+        raise UsageError(f"no {args.split} tasks in {tasks_from}")
+    settings = RolloutSettings(
+        limits=Limits(
+            max_steps=config.max_code_steps,
+            max_tokens=config.max_tokens,
+            step_timeout=config.step_timeout,
+            time_limit=config.rollout_time_limit,
+        ),
+        profile=config.profile,
+        system_prompt=config.system_prompt,
+    )
+    out = Path(config.out_dir)
+    results = asyncio.run(
+        compare(
+            args.models,
+            tasks,
+            settings,
+            Rewards(dict(config.rewards)),
+            pool_size=config.pool_size,
+            out_dir=out,
+        )
+    )
+    print(comparison_table(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"traces: {out / 'eval_traces.jsonl'}")
     return 0
 
 

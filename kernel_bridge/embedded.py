@@ -155,7 +155,9 @@ def converted_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_embedded(
-    dtype: str | torch.dtype = "int8", cache_dir: str | os.PathLike[str] | None = None
+    dtype: str | torch.dtype = "int8",
+    cache_dir: str | os.PathLike[str] | None = None,
+    adapter: str | os.PathLike[str] | None = None,
 ) -> tuple[Any, Any]:
     """Load the embedded model (eval mode, CPU) and its tokenizer; convert the GGUF the first time.
 
@@ -165,6 +167,9 @@ def load_embedded(
     floating torch dtype or its name (``"bfloat16"``, ``"float32"``, …): plain weights, e.g. to
     fine-tune, or to move the model to a GPU.
 
+    ``adapter``: a LoRA adapter (``load_adapter``) merged into the weights before they are
+    quantized; ``None`` is the untouched model (``local-base``).
+
     The libraries' progress bars stay off; a conversion announces itself with one line on stderr.
     """
     import torch
@@ -172,6 +177,7 @@ def load_embedded(
 
     int8 = dtype in ("int8", torch.int8)
     torch_dtype = torch.bfloat16 if int8 else _floating_dtype(dtype)
+    deltas = load_adapter(adapter) if adapter is not None else {}
     target = converted_dir(cache_dir)
     with _progress_bars_off():
         if not _is_converted(target):
@@ -181,12 +187,152 @@ def load_embedded(
         tokenizer = AutoTokenizer.from_pretrained(target)
         # The safetensors are bfloat16: loading in that dtype maps the file instead of copying it.
         model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype)
+    unknown = sorted(set(deltas) - {n for n, m in model.named_modules() if _is_linear(m)})
+    if unknown:
+        raise EmbeddedModelError(
+            f"the adapter {adapter} adapts layers this model does not have ({unknown[0]}, …)"
+        )
     if int8:
-        _use_int8_linears(model, target / _INT8_WEIGHTS)
+        _use_int8_linears(model, target / _INT8_WEIGHTS, deltas)
         model.float()  # embeddings and norms; the int8 kernel takes float32 input
         model.config.dtype = torch.float32
+    else:
+        with torch.no_grad():
+            for name, delta in deltas.items():
+                weight = model.get_submodule(name).weight
+                weight.copy_(weight.float() + delta.float())
     model.eval()
     return model, tokenizer
+
+
+# -- LoRA adapters ---------------------------------------------------------------------------------
+
+ADAPTER_FILE = "adapter.safetensors"
+
+
+def shipped_adapter() -> Path | None:
+    """The adapter ``local`` loads: trained by ``configs/cpu-0.5b.toml`` and shipped in the
+    package (docs/training.md); None where this installation ships none."""
+    path = Path(str(resources.files("kernel_bridge") / "adapters" / "local" / ADAPTER_FILE))
+    return path if path.is_file() else None
+
+
+def embedded_adapter(variant: str) -> Path | None:
+    """The adapter a model string of the embedded model names: ``local`` the shipped one (None
+    where none ships), ``local-base`` none, ``local:PATH`` the one at PATH."""
+    if variant == "local":
+        return shipped_adapter()
+    if variant == "local-base":
+        return None
+    if variant.startswith("local:") and variant.removeprefix("local:").strip():
+        return Path(variant.removeprefix("local:").strip()).expanduser()
+    raise EmbeddedModelError(
+        f"{variant!r} is not an embedded model: use 'local', 'local-base' or 'local:PATH'"
+    )
+
+
+def is_embedded(model: str) -> bool:
+    """True for the model strings of the embedded model: local, local-base, local:PATH."""
+    return model in ("local", "local-base") or model.startswith("local:")
+
+
+def load_adapter(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The weight change of every adapted linear layer, ``(alpha / rank) · B @ A``, by module name.
+
+    ``path``: an adapter file written by ``save_adapter``, or a training run of the embedded
+    model: a checkpoint directory (``…/checkpoints/step-000020``) or the run's ``out_dir``
+    (its latest checkpoint).
+    """
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = _checkpoint_weights(path)
+    if not path.is_file():
+        raise EmbeddedModelError(f"no LoRA adapter at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except Exception as e:  # a foreign or damaged file: say which and why
+        raise EmbeddedModelError(f"{path} is not a safetensors LoRA adapter ({e})") from None
+    if "alpha" not in meta or "rank" not in meta:
+        state = _read_state(path.parent)
+        meta = {"alpha": state.get("lora_alpha"), "rank": state.get("lora_rank")}
+    try:
+        scale = float(meta["alpha"]) / float(meta["rank"])
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise EmbeddedModelError(
+            f"{path} does not say its LoRA rank and alpha (metadata or state.json)"
+        ) from None
+    deltas = {}
+    for name, a in tensors.items():
+        if ".lora_A." not in name and not name.endswith(".lora_A"):
+            continue
+        module = _module_name(name.split(".lora_A")[0])
+        b = tensors[name.replace("lora_A", "lora_B")]
+        deltas[module] = scale * (b.float() @ a.float())
+    if not deltas:
+        raise EmbeddedModelError(f"{path} holds no LoRA weights (lora_A / lora_B)")
+    return deltas
+
+
+def save_adapter(
+    checkpoint: str | os.PathLike[str], dest: str | os.PathLike[str], **info: str
+) -> Path:
+    """Write the LoRA weights of a training checkpoint (or run directory) as one adapter file:
+    ``<module>.lora_A`` / ``.lora_B`` in bfloat16, with rank, alpha and ``info`` as metadata."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    source = _checkpoint_weights(Path(checkpoint))
+    state = _read_state(source.parent)
+    weights = load_file(str(source))
+    tensors = {
+        _module_name(name.split(".lora_")[0]) + (".lora_A" if ".lora_A" in name else ".lora_B"): (
+            tensor.to(torch.bfloat16).contiguous()
+        )
+        for name, tensor in weights.items()
+        if ".lora_A" in name or ".lora_B" in name
+    }
+    meta = {"rank": str(state["lora_rank"]), "alpha": str(state["lora_alpha"]), **info}
+    meta["base"] = GGUF_SHA256
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dest), metadata=meta)
+    return dest
+
+
+def _checkpoint_weights(path: Path) -> Path:
+    if (path / "weights.safetensors").is_file():
+        return path / "weights.safetensors"
+    found = sorted(path.glob("checkpoints/step-*/weights.safetensors"))
+    if found:
+        return found[-1]
+    if (path / ADAPTER_FILE).is_file():
+        return path / ADAPTER_FILE
+    raise EmbeddedModelError(
+        f"{path} holds no adapter: give an adapter file, a checkpoint directory or a training "
+        "run's out_dir"
+    )
+
+
+def _read_state(directory: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((directory / "state.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _module_name(name: str) -> str:
+    """``base_model.model.model.layers.0.mlp.up_proj`` (peft's) → ``model.layers.0.mlp.up_proj``."""
+    return name.removeprefix("base_model.model.")
+
+
+def _is_linear(module: Any) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.Linear)
 
 
 @functools.cache
@@ -194,28 +340,131 @@ def _int8_linear_class() -> type:
     import torch
 
     class Int8Linear(torch.nn.Module):
-        """``y = x Wᵀ + b`` with W in int8 (levels -63..63, one scale per output row) and x
-        quantized to 8 bits per call: torch's dynamic-quantized CPU kernel (fbgemm/onednn).
+        """``y = x Wᵀ + b`` with W in int8 (levels -63..63, one scale per output row) and each
+        token's x quantized to 8 bits on its own: torch's dynamic-quantized CPU kernel.
+
+        The kernel quantizes its whole input with one range. Each token is first mapped onto
+        [0, 1] by its own minimum and span, so every token has the same range and the result
+        is per-token quantization: a token's output does not depend on the other tokens of the
+        call (batched decoding gives each sequence what decoding it alone gives), and no
+        token's precision is lost to another's outlier. ``lo · Σ W`` restores the offset.
 
         The weight lives only in its packed form, so this module has no state dict: load a float
         dtype to train or save the model.
         """
 
-        def __init__(self, packed: Any, in_features: int, out_features: int) -> None:
+        def __init__(
+            self, packed: Any, row_sums: torch.Tensor, bias: torch.Tensor | None, shape: tuple
+        ) -> None:
             super().__init__()
             self.packed = packed
-            self.in_features = in_features
-            self.out_features = out_features
+            self.register_buffer("row_sums", row_sums, persistent=False)
+            self.register_buffer("bias", bias, persistent=False)
+            self.out_features, self.in_features = shape
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lo = x.amin(dim=-1, keepdim=True)
+            span = (x.amax(dim=-1, keepdim=True) - lo).clamp_(min=1e-12)
             # Full 8-bit activations (reduce_range=False); the 7-bit weights keep the pairwise
             # int16 sums of AVX2/AVX-512 kernels from saturating: 2 * 255 * 63 < 32767.
-            return torch.ops.quantized.linear_dynamic(x, self.packed, False)
+            y = torch.ops.quantized.linear_dynamic((x - lo) / span, self.packed, False)
+            y = torch.addcmul(y * span, lo, self.row_sums)
+            return y if self.bias is None else y + self.bias
 
         def extra_repr(self) -> str:
             return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
     return Int8Linear
+
+
+def quantize_linear(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 levels (-63..63) of a weight matrix and one float32 scale per output row."""
+    import torch
+
+    with torch.no_grad():
+        weight = weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp_(min=1e-12) / _WEIGHT_LEVELS
+        levels = weight.div(scale[:, None]).round_().clamp_(-_WEIGHT_LEVELS, _WEIGHT_LEVELS)
+    return levels.to(torch.int8), scale
+
+
+def int8_linear(levels: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    """An ``Int8Linear`` from int8 levels and per-row scales (``quantize_linear``)."""
+    import torch
+
+    with warnings.catch_warnings():
+        # torch marks its quantized tensors for future removal; this kernel still uses them.
+        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions")
+        qweight = torch._make_per_channel_quantized_tensor(
+            levels, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0
+        )
+        packed = torch.ops.quantized.linear_prepack(qweight, None)
+    row_sums = levels.sum(dim=1, dtype=torch.float32) * scale.float()
+    bias = None if bias is None else bias.detach().float().clone()
+    return _int8_linear_class()(packed, row_sums, bias, tuple(levels.shape))
+
+
+def int8_copy(model: Any) -> Any:
+    """An int8 inference copy of a float causal LM (LoRA adapters merged in), for CPU rollouts.
+
+    Every linear layer is quantized from its current (merged) weights; embeddings, norms and
+    buffers are shared with ``model``, not copied, so they are always the trainer's. Call again
+    after the weights change (``refresh_int8_copy`` re-packs only the linear layers).
+    """
+    import copy
+
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with torch.device("meta"):
+        clone = type(base)(copy.deepcopy(base.config))
+    shared = dict(base.named_parameters(remove_duplicate=False))
+    shared.update(base.named_buffers(remove_duplicate=False))
+    for name, tensor in list(clone.named_parameters(remove_duplicate=False)) + list(
+        clone.named_buffers(remove_duplicate=False)
+    ):
+        owner_name, _, attr = name.rpartition(".")
+        owner = clone.get_submodule(owner_name) if owner_name else clone
+        source = shared.get(name)
+        if source is None:
+            source = shared.get(_lora_base_name(name))
+        if source is None or isinstance(owner, torch.nn.Linear):
+            continue
+        if isinstance(tensor, torch.nn.Parameter):
+            setattr(owner, attr, torch.nn.Parameter(source.detach(), requires_grad=False))
+        else:
+            owner.register_buffer(attr, source.detach(), persistent=attr in owner._buffers)
+    clone.generation_config = copy.deepcopy(base.generation_config)
+    refresh_int8_copy(clone, model)
+    clone.eval()
+    return clone
+
+
+def refresh_int8_copy(clone: Any, model: Any) -> None:
+    """Re-quantize every linear layer of ``clone`` from ``model``'s current weights."""
+    import torch
+
+    from kernel_bridge.training.colocate import hf_weights
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    linears = {
+        name
+        for name, module in clone.named_modules()
+        if isinstance(module, (torch.nn.Linear, _int8_linear_class()))
+    }
+    weights = dict(hf_weights(model))
+    tied = getattr(base.config, "tie_word_embeddings", False)
+    for name in sorted(linears):
+        weight = weights.get(f"{name}.weight")
+        if weight is None and tied and name == "lm_head":
+            weight = base.get_input_embeddings().weight
+        bias = weights.get(f"{name}.bias")
+        levels, scale = quantize_linear(weight)
+        clone.set_submodule(name, int8_linear(levels, scale, bias))
+
+
+def _lora_base_name(name: str) -> str:
+    return name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
 
 
 def _floating_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -350,19 +599,17 @@ def _int8_weights(model: Any) -> dict[str, torch.Tensor]:
     import torch
 
     tensors = {}
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear):
-                weight = module.weight.float()
-                scale = weight.abs().amax(dim=1).clamp_(min=1e-12) / _WEIGHT_LEVELS
-                levels = weight.div(scale[:, None]).round_().clamp_(-_WEIGHT_LEVELS, _WEIGHT_LEVELS)
-                tensors[f"{name}.weight"] = levels.to(torch.int8)
-                tensors[f"{name}.scale"] = scale
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            tensors[f"{name}.weight"], tensors[f"{name}.scale"] = quantize_linear(module.weight)
     return tensors
 
 
-def _use_int8_linears(model: Any, path: Path) -> None:
-    """Swap every ``nn.Linear`` of ``model`` for an ``Int8Linear`` with the weights in ``path``."""
+def _use_int8_linears(
+    model: Any, path: Path, deltas: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Swap every ``nn.Linear`` of ``model`` for an ``Int8Linear`` with the weights in ``path``;
+    a layer with an adapter's ``deltas`` is quantized from its float weight plus the delta."""
     import torch
     from safetensors.torch import safe_open
 
@@ -371,30 +618,23 @@ def _use_int8_linears(model: Any, path: Path) -> None:
             f"this torch ({torch.__version__}) has no int8 dynamic-quantized linear kernel; "
             "load the embedded model with dtype='bfloat16' instead"
         )
-    int8_linear = _int8_linear_class()
+    deltas = deltas or {}
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
     def pack(item: tuple[str, torch.nn.Linear]) -> Any:
         name, linear = item
-        weight, scale = f.get_tensor(f"{name}.weight"), f.get_tensor(f"{name}.scale")
-        qweight = torch._make_per_channel_quantized_tensor(
-            weight, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0
-        )
-        bias = None if linear.bias is None else linear.bias.detach().float()
-        return torch.ops.quantized.linear_prepack(qweight, bias)
+        if name in deltas:
+            levels, scale = quantize_linear(linear.weight.float() + deltas[name].float())
+        else:
+            levels, scale = f.get_tensor(f"{name}.weight"), f.get_tensor(f"{name}.scale")
+        return int8_linear(levels, scale, linear.bias)
 
     # Packing is most of the load time; the op releases the GIL, so threads divide it.
     workers = max(1, min(4, os.cpu_count() or 1))
-    with (
-        safe_open(str(path), framework="pt") as f,
-        warnings.catch_warnings(),
-        ThreadPoolExecutor(workers) as pool,
-    ):
-        # torch marks its quantized tensors for future removal; this kernel still uses them.
-        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions")
+    with safe_open(str(path), framework="pt") as f, ThreadPoolExecutor(workers) as pool:
         packed = list(pool.map(pack, linears))
-    for (name, linear), weights in zip(linears, packed, strict=True):
-        model.set_submodule(name, int8_linear(weights, linear.in_features, linear.out_features))
+    for (name, _), module in zip(linears, packed, strict=True):
+        model.set_submodule(name, module)
 
 
 def _release_freed_memory() -> None:

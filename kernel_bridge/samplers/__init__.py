@@ -108,8 +108,10 @@ def resolve_model(explicit: str | None = None) -> str:
 def make_sampler(model: str | None = None) -> Sampler:
     """The sampler a model string names.
 
-    ``local`` (the embedded Qwen2.5-Coder-0.5B), ``hf:ID_OR_PATH`` (transformers), ``scripted:PATH``
-    (a stand-in that replays an assistant script), ``vllm:URL[#MODEL]`` (a running ``vllm serve``
+    ``local`` (the embedded Qwen2.5-Coder-0.5B with the shipped GRPO adapter), ``local-base``
+    (without it), ``local:PATH`` (with the LoRA adapter or training run at PATH),
+    ``hf:ID_OR_PATH`` (transformers), ``scripted:PATH`` (a stand-in that replays an assistant
+    script), ``vllm:URL[#MODEL]`` (a running ``vllm serve``
     through ``/v1/completions`` with token ids, e.g. ``vllm:http://127.0.0.1:8000/v1``),
     ``PROVIDER/MODEL`` (an API model through LiteLLM: ``openai/gpt-4o``, ``anthropic/…``,
     ``hosted_vllm/…``, ``ollama_chat/…``; keys and bases from the provider's environment
@@ -120,10 +122,10 @@ def make_sampler(model: str | None = None) -> Sampler:
         from kernel_bridge.samplers.scripted import ScriptedSampler
 
         return ScriptedSampler.from_file(model.removeprefix("scripted:"))
-    if model == "local":
+    if model in ("local", "local-base") or model.startswith("local:"):
         from kernel_bridge.samplers.transformers import TransformersSampler
 
-        return TransformersSampler.embedded()
+        return TransformersSampler.embedded(variant=model)
     if model.startswith("hf:"):
         from kernel_bridge.samplers.transformers import TransformersSampler
 
@@ -138,7 +140,8 @@ def make_sampler(model: str | None = None) -> Sampler:
 
         return LiteLLMSampler(model)
     raise ModelSpecError(
-        f"no sampler for model {model!r}: use 'local' (the embedded model), 'hf:ID_OR_PATH' "
+        f"no sampler for model {model!r}: use 'local' (the embedded model; 'local-base' without "
+        "its trained adapter, 'local:PATH' with yours), 'hf:ID_OR_PATH' "
         "(a transformers model), 'scripted:PATH' (replays an assistant script), "
         "'vllm:http://HOST:PORT/v1[#MODEL]' (a running vllm serve) or "
         "'PROVIDER/MODEL' (an API model through LiteLLM, e.g. 'openai/gpt-4o'; needs "

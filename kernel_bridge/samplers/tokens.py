@@ -7,9 +7,27 @@ into ``Delta``s whose text is the decoding of their ids, held back at a possible
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kernel_bridge.samplers import Delta, SampleRequest
+
+
+def cache_keyword(model: Any) -> str:
+    """The name under which ``model.forward`` takes a KV cache: ``cache`` in transformers ≥ 5.2x
+    (``past_key_values`` still works there but warns), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 class TokenContext:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel_bridge.samplers import Delta, SampleRequest, check_sampling
-from kernel_bridge.samplers.tokens import Detokenizer, TokenContext, TokenOutput
+from kernel_bridge.samplers.tokens import Detokenizer, TokenContext, TokenOutput, cache_keyword
 
 
 @dataclass
@@ -60,6 +60,7 @@ class TransformersSampler(TokenContext):
         self._cache: Any = None
         self._cache_ids: list[int] = []
         self.prefilled_last = 0  # tokens prefilled by the last call (for benchmarks and tests)
+        self._cache_keyword = cache_keyword(model)
 
     @classmethod
     def from_pretrained(
@@ -86,12 +87,16 @@ class TransformersSampler(TokenContext):
         return cls(model, tokenizer, config=config, name=f"hf:{model_id}")
 
     @classmethod
-    def embedded(cls, config: GenerationConfig | None = None) -> TransformersSampler:
-        """The embedded default model (``local``): Qwen2.5-Coder-0.5B-Instruct on CPU."""
-        from kernel_bridge.embedded import load_embedded
+    def embedded(
+        cls, config: GenerationConfig | None = None, variant: str = "local"
+    ) -> TransformersSampler:
+        """The embedded Qwen2.5-Coder-0.5B-Instruct on CPU: ``local`` (with the shipped GRPO
+        adapter, where the package has one), ``local-base`` (untouched) or ``local:PATH`` (with
+        the LoRA adapter or training run at PATH)."""
+        from kernel_bridge.embedded import embedded_adapter, load_embedded
 
-        model, tokenizer = load_embedded()
-        return cls(model, tokenizer, config=config, name="local")
+        model, tokenizer = load_embedded(adapter=embedded_adapter(variant))
+        return cls(model, tokenizer, config=config, name=variant)
 
     # -- what the Reasoner and the trace use ---------------------------------------------------
 
@@ -192,9 +197,8 @@ class _Steps:
         assert self._next_input is not None
         with torch.inference_mode():
             input_ids = torch.tensor([self._next_input], device=s.model.device)
-            out = s.model(input_ids=input_ids, past_key_values=s._cache, use_cache=True)
-            logits = out.logits[0, -1].float()
-        s._cache = out.past_key_values
+            cache = {s._cache_keyword: s._cache}
+            logits = s.model(input_ids=input_ids, use_cache=True, **cache).logits[0, -1].float()
         s._cache_ids.extend(self._next_input)
         if s.config.temperature == 0:
             logprobs = torch.log_softmax(logits, dim=-1)

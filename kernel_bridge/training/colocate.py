@@ -186,9 +186,9 @@ class ColocatedVLLM:
 
 def vllm_model_path(model: str) -> str:
     """What vLLM loads for a ``TrainConfig.model``: a hub id or a directory with safetensors."""
-    if model == "local":
-        from kernel_bridge.embedded import converted_dir, load_embedded
+    from kernel_bridge.embedded import converted_dir, is_embedded, load_embedded
 
+    if is_embedded(model):  # an adapter arrives with the trainer's weights at the first push
         path = converted_dir()
         if not path.is_dir():
             load_embedded()  # converts the GGUF once

@@ -56,6 +56,12 @@ class TrainConfig:
     step_timeout: float = 10.0  # seconds per code block
     rollout_time_limit: float = 300.0
     pool_size: int = 4  # warm kernels; a rollout takes a fresh one when its first block runs
+    # Rollouts on the transformers backend: up to rollout_batch streams decoded together in one
+    # forward pass (0: one stream at a time); "int8" generates with an int8 copy of the current
+    # weights (LoRA merged, re-packed after each update; CPU), "trainer" with the trainer's own
+    # weights, "auto" int8 on CPU for the real models.
+    rollout_batch: int = 32
+    rollout_weights: str = "auto"
     profile: str = "markdown"
     system_prompt: str = "default"  # "default" (the protocol + a worked example), "none", or text
 
@@ -81,6 +87,7 @@ class TrainConfig:
     old_logprobs: str = "sampler"  # "sampler" (recorded, checked) or "trainer"
     logprob_tolerance: float = 0.5  # a trace whose recorded logprobs differ more uses the trainer's
     max_seq_len: int = 4096  # prompt + completion; longer traces are cut at the end
+    share_prompt: bool = True  # a micro-batch's common prompt runs once, without gradient
 
     # -- vLLM (backend = "vllm") -------------------------------------------------------------
     gpu_memory_utilization: float = 0.35
@@ -116,6 +123,7 @@ class TrainConfig:
             "backend": ("auto", "transformers", "vllm"),
             "loss_aggregation": ("token", "sequence"),
             "old_logprobs": ("sampler", "trainer"),
+            "rollout_weights": ("auto", "int8", "trainer"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -145,6 +153,10 @@ class TrainConfig:
         if not 0 < self.gpu_memory_utilization < 1:
             raise ConfigError(
                 f"gpu_memory_utilization must be in (0, 1), got {self.gpu_memory_utilization}"
+            )
+        if self.rollout_batch < 0:
+            raise ConfigError(
+                f"rollout_batch must be ≥ 0 (0: one at a time), got {self.rollout_batch}"
             )
         if self.logprob_chunk < 0:
             raise ConfigError(f"logprob_chunk must be ≥ 0 (0: no chunks), got {self.logprob_chunk}")

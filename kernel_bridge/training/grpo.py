@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from kernel_bridge.samplers.tokens import common_prefix
+
 
 def group_advantages(
     rewards: torch.Tensor, groups: Sequence[Any], scale: bool = True, eps: float = 1e-4
@@ -110,18 +112,40 @@ def token_logprobs(
     start: int = 0,
     chunk_size: int = 512,
     temperature: float = 1.0,
+    shared: int = 0,
 ) -> torch.Tensor:
     """``log p(input_ids[:, t+1] | input_ids[:, :t+1])`` for ``t`` from ``start``: [B, T-1-start].
 
     ``p`` is the distribution the rollouts were sampled from: the model's at ``temperature``
     (logits divided by it; top-p is not applied, as in TRL).
+    ``shared > 0``: the first ``shared`` tokens are the same in every row (the prompt of a group;
+    at most ``start``): they run once, for one row, without gradient, and the rows continue from
+    their keys and values. The values are the same; no gradient flows through the prompt.
     With ``chunk_size > 0`` the LM head runs on ``chunk_size`` positions at a time under activation
     checkpointing: neither the forward nor the backward pass ever holds more than
     [chunk_size × vocab] logits, instead of [batch × length × vocab].
     """
     decoder = _decoder(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    hidden = hidden[:, start:-1]
+    if shared > 0:
+        assert shared <= start, "the shared prefix must end before the first scored position"
+        from transformers import DynamicCache
+
+        from kernel_bridge.samplers.tokens import cache_keyword
+
+        cache, keyword = DynamicCache(), cache_keyword(decoder)
+        with torch.no_grad():
+            decoder(input_ids=input_ids[:1, :shared], use_cache=True, **{keyword: cache})
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        hidden = decoder(
+            input_ids=input_ids[:, shared:],
+            attention_mask=attention_mask,
+            use_cache=True,
+            **{keyword: cache},
+        ).last_hidden_state
+        hidden = hidden[:, start - shared : -1]
+    else:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden[:, start:-1]
     targets = input_ids[:, start + 1 :]
     head = model.get_output_embeddings()
     if chunk_size <= 0:
@@ -168,6 +192,7 @@ class Batch:
     recorded: torch.Tensor
     advantages: torch.Tensor
     start: int
+    shared: int = 0  # leading tokens every row has in common (at most ``start``)
 
     def to(self, device: Any) -> Batch:
         return Batch(
@@ -177,6 +202,7 @@ class Batch:
             self.recorded.to(device),
             self.advantages.to(device),
             self.start,
+            self.shared,
         )
 
 
@@ -206,6 +232,8 @@ def make_batch(
         at = len(prompt) - 1
         mask[row, at : at + len(completion)] = torch.tensor(loss_mask, dtype=torch.bool)
         recorded[row, at : at + len(completion)] = torch.tensor(logps, dtype=torch.float32)
+    first = sequences[0][0]
+    shared = min(common_prefix(first, p) for p, _, _, _ in sequences)
     return Batch(
         input_ids,
         attention,
@@ -213,4 +241,5 @@ def make_batch(
         recorded[:, start:],
         torch.tensor(list(advantages), dtype=torch.float32),
         start,
+        min(shared, start),
     )

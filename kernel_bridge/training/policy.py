@@ -1,7 +1,8 @@
 """The policy being trained: a transformers causal LM and its tokenizer, optionally with LoRA.
 
-``load_policy(config)`` reads ``config.model``: ``local`` (the embedded Qwen2.5-Coder-0.5B in float
-weights), ``hf:ID_OR_PATH``, or ``tiny`` — a random 2-layer Qwen2 with a character tokenizer, built
+``load_policy(config)`` reads ``config.model``: ``local``, ``local-base``, ``local:PATH`` (the
+embedded Qwen2.5-Coder-0.5B in float weights, with the shipped adapter, without, or with yours),
+``hf:ID_OR_PATH``, or ``tiny`` — a random 2-layer Qwen2 with a character tokenizer, built
 from a config with no download, for tests and smoke runs where the reward is synthetic.
 """
 
@@ -92,11 +93,13 @@ def load_policy(config: TrainConfig) -> tuple[Any, Any]:
     if config.model == "tiny":
         model, tokenizer = tiny_policy(config.seed)
         model = model.to(dtype)
-    elif config.model == "local":
-        from kernel_bridge.embedded import load_embedded
+    elif config.model in ("local", "local-base") or config.model.startswith("local:"):
+        from kernel_bridge.embedded import embedded_adapter, load_embedded
 
-        model, tokenizer = load_embedded(dtype=dtype)
-        model.name_or_path = "local"
+        # local: training continues from the shipped adapter (merged); local-base: from the
+        # untouched model; local:PATH: from that adapter or run.
+        model, tokenizer = load_embedded(dtype=dtype, adapter=embedded_adapter(config.model))
+        model.name_or_path = config.model
     elif config.model.startswith("hf:"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -104,7 +107,10 @@ def load_policy(config: TrainConfig) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     else:
-        raise ConfigError(f"model must be 'local', 'tiny' or 'hf:ID_OR_PATH', got {config.model!r}")
+        raise ConfigError(
+            "model must be 'local', 'local-base', 'local:PATH', 'tiny' or 'hf:ID_OR_PATH', got "
+            f"{config.model!r}"
+        )
     model = model.to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

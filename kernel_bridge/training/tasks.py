@@ -302,7 +302,8 @@ def _tier1() -> list[Task]:
 
     makers = [product, power_mod, prime_count, digit_sum, date_difference, factorial_zeros]
     makers.append(square_root)
-    return [t for m in makers for t in _instances(m.__name__, 1, 8, 2, m)]
+    # 6 training instances per template; 6 held out (other numbers, same templates).
+    return [t for m in makers for t in _instances(m.__name__, 1, 12, 6, m)]
 
 
 def _tier2() -> list[Task]:
@@ -366,7 +367,8 @@ def _tier2() -> list[Task]:
         collatz_peak,
         weekday_after,
     ]
-    return [t for m in makers for t in _instances(m.__name__, 2, 6, 2, m)]
+    # 4 training instances per template; 6 held out (other numbers, same templates).
+    return [t for m in makers for t in _instances(m.__name__, 2, 10, 6, m)]
 
 
 # -- tiers 3 and 4: the bundled market data ------------------------------------------------------

@@ -37,6 +37,7 @@ from kernel_bridge.kernel import KernelPool
 from kernel_bridge.reasoner import Limits
 from kernel_bridge.trace import Trace, TraceStore, load_traces
 from kernel_bridge.training.config import ConfigError, TrainConfig
+from kernel_bridge.training.evaluate import evaluate_sampler, rollout_metrics
 from kernel_bridge.training.grpo import group_advantages, grpo_loss, make_batch, token_logprobs
 from kernel_bridge.training.policy import load_policy, trainable_parameters
 from kernel_bridge.training.rewards import RewardFn, Rewards, as_rewards
@@ -147,6 +148,8 @@ class Trainer:
         self.pool: KernelPool | None = None
         self.sampler: Any = None
         self.engine: Any = None  # ColocatedVLLM on the vLLM backend
+        self.rollout_model: Any = None  # the int8 copy rollouts generate with (rollout_weights)
+        self._rollout_version = -1
         self._reporters: _Reporters | None = None
         self.settings = RolloutSettings(
             limits=Limits(
@@ -225,20 +228,48 @@ class Trainer:
             await self.engine.load(self.model, self.weights_version)  # also after a resume
         else:
             self.sampler = self._transformers_sampler(c.temperature)
+            # A rollout starts when it gets a row of the batch: its time limit is its own, not
+            # time spent waiting for other rollouts to finish.
+            self.settings.concurrency = c.rollout_batch
         if self.offline is None or c.eval_every:
             self.pool = await KernelPool(size=c.pool_size).start()
         self._reporters = _Reporters(c, self.out_dir)
         return self
 
     def _transformers_sampler(self, temperature: float) -> Any:
+        from kernel_bridge.samplers.batched import BatchedSampler
         from kernel_bridge.samplers.transformers import GenerationConfig, TransformersSampler
 
+        c = self.config
         generation = GenerationConfig(
-            temperature=temperature, top_p=self.config.top_p, max_new_tokens=self.config.max_tokens
+            temperature=temperature, top_p=c.top_p, max_new_tokens=c.max_tokens
         )
-        return TransformersSampler(
-            self.model, self.tokenizer, config=generation, name=self.config.model
-        )
+        model = self._sync_rollout_model()
+        if c.rollout_batch:
+            return BatchedSampler(
+                model, self.tokenizer, config=generation, name=c.model, max_batch=c.rollout_batch
+            )
+        return TransformersSampler(model, self.tokenizer, config=generation, name=c.model)
+
+    def _uses_int8(self) -> bool:
+        c = self.config
+        if c.rollout_weights == "auto":
+            return self.device.type == "cpu" and c.model != "tiny"
+        return c.rollout_weights == "int8"
+
+    def _sync_rollout_model(self) -> Any:
+        """The model rollouts generate with: the trainer's own, or its int8 copy, re-packed
+        from the current weights whenever they changed since the last rollout."""
+        if not self._uses_int8():
+            return self.model
+        from kernel_bridge.embedded import int8_copy, refresh_int8_copy
+
+        if self.rollout_model is None:
+            self.rollout_model = int8_copy(self.model)
+        elif self._rollout_version != self.weights_version:
+            refresh_int8_copy(self.rollout_model, self.model)
+        self._rollout_version = self.weights_version
+        return self.rollout_model
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -275,6 +306,8 @@ class Trainer:
             raise RuntimeError("the trainer is not started: use `async with Trainer(...)`")
         if self.engine is not None:
             await self.engine.load(self.model, self.weights_version)
+        else:
+            self._sync_rollout_model()
         self.model.eval()
         rollouts = await collect_rollouts(
             self.sampler, self.pool, tasks, group_size or self.config.group_size, self.settings
@@ -318,7 +351,8 @@ class Trainer:
         num_tokens = sum(sum(e.mask) for e in examples)  # every model token of the batch
         # With β = 0 a zero advantage makes a sequence's loss exactly 0: skip its forward pass.
         active = [e for e in examples if sum(e.mask) and (e.advantage != 0 or c.beta > 0)]
-        active.sort(key=lambda e: len(e.prompt_ids) + len(e.completion_ids), reverse=True)
+        # A group's rows together (their prompt runs once per micro-batch), longest first.
+        active.sort(key=lambda e: (e.prompt_ids, -len(e.completion_ids)))
         micro = [
             active[i : i + c.micro_batch_size] for i in range(0, len(active), c.micro_batch_size)
         ]
@@ -352,7 +386,7 @@ class Trainer:
                     batch = batch.to(self.device)
                     logprobs = token_logprobs(
                         self.model, batch.input_ids, batch.attention_mask, batch.start,
-                        c.logprob_chunk, c.temperature,
+                        c.logprob_chunk, c.temperature, self._shared(batch),
                     )  # fmt: skip
                     if epoch == 0:  # the policy is still π_old: its values are the old logprobs
                         trainer_old = logprobs.detach()
@@ -393,6 +427,12 @@ class Trainer:
             "lr": float(self.scheduler.get_last_lr()[0]),
         }
 
+    def _shared(self, batch: Any) -> int:
+        """Prompt tokens to run once without gradient (not under gradient checkpointing, which
+        would run the cached forward twice)."""
+        share = self.config.share_prompt and not self.config.gradient_checkpointing
+        return batch.shared if share else 0
+
     def _ref_logprobs(self, batch: Any) -> torch.Tensor:
         with torch.no_grad():
             if self.ref_model is not None:
@@ -402,7 +442,7 @@ class Trainer:
             with context:
                 return token_logprobs(
                     model, batch.input_ids, batch.attention_mask, batch.start,
-                    self.config.logprob_chunk, self.config.temperature,
+                    self.config.logprob_chunk, self.config.temperature, self._shared(batch),
                 )  # fmt: skip
 
     async def train_step(self) -> dict[str, Any]:
@@ -452,6 +492,8 @@ class Trainer:
         done: list[dict[str, Any]] = []
         bar = _Progress(c.progress, until, self.step)
         try:
+            if c.eval_every and self.step == 0 and until > 0:
+                await self.evaluate()  # the curve's starting point: the untrained model
             while self.step < until:
                 metrics = await self.train_step()
                 done.append(metrics)
@@ -488,18 +530,10 @@ class Trainer:
         else:
             sampler = self._transformers_sampler(0.0)  # greedy
         self.model.eval()
-        begin = time.perf_counter()
-        rollouts = await collect_rollouts(sampler, self.pool, tasks, 1, self.settings)
-        self.score(rollouts)
-        metrics: dict[str, Any] = {"step": self.step, "tasks": len(tasks)}
-        metrics.update(rollout_metrics(rollouts))
-        metrics["eval_s"] = time.perf_counter() - begin
-        tiers = {r.task.tier if r.task else 0 for r in rollouts}
-        for tier in sorted(tiers):
-            of_tier = [r for r in rollouts if r.task and r.task.tier == tier]
-            metrics[f"tier{tier}_correct"] = _mean(
-                [r.reward.parts.get("correct", NAN) for r in of_tier]  # type: ignore[union-attr]
-            )
+        found, rollouts = await evaluate_sampler(
+            sampler, tasks, self.pool, self.settings, self.rewards
+        )
+        metrics: dict[str, Any] = {"step": self.step, **found}
         store = TraceStore(self.out_dir / "eval_traces.jsonl")
         for rollout in rollouts:
             store.append(rollout.trace)
@@ -530,7 +564,10 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
         }
         torch.save(state, tmp / "optimizer.pt")
-        info = {"step": self.step, "model": self.config.model, "lora": self.config.lora}
+        c = self.config
+        info: dict[str, Any] = {"step": self.step, "model": c.model, "lora": c.lora}
+        if c.lora:  # what an adapter file needs (kernel_bridge.embedded.save_adapter)
+            info.update(lora_rank=c.lora_rank, lora_alpha=c.lora_alpha, lora_target=c.lora_target)
         (tmp / "state.json").write_text(json.dumps(info, indent=2) + "\n")
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
@@ -571,34 +608,6 @@ class Trainer:
 
 
 # -- metrics -------------------------------------------------------------------------------------
-
-
-def rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
-    """Reward, its parts, tool use and token counts of a set of rollouts."""
-    traces = [r.trace for r in rollouts]
-    totals = [r.reward.total for r in rollouts if r.reward is not None]
-    metrics: dict[str, float] = {
-        "reward": _mean(totals),
-        "reward_std": statistics.pstdev(totals) if len(totals) > 1 else 0.0,
-    }
-    for name in rollouts[0].reward.parts if rollouts and rollouts[0].reward else ():
-        metrics[name] = _mean([r.reward.parts[name] for r in rollouts if r.reward])
-    steps = [s for t in traces for s in t.steps]
-    metrics["tool_use"] = _mean([1.0 if t.steps else 0.0 for t in traces])
-    metrics["code_steps"] = _mean([len(t.steps) for t in traces])
-    metrics["tool_error_rate"] = _mean([s.status != "ok" for s in steps]) if steps else 0.0
-    metrics["answered"] = _mean([t.finish_reason == "answer" for t in traces])
-    metrics["model_tokens"] = _mean([t.usage.model_tokens for t in traces])
-    metrics["model_tokens_total"] = sum(t.usage.model_tokens for t in traces)
-    metrics["tool_tokens"] = _mean([t.usage.tool_tokens for t in traces])
-    metrics["sampling_s"] = sum(t.timings.get("sampling_s", 0.0) for t in traces)
-    metrics["kernel_s"] = sum(t.timings.get("kernel_s", 0.0) for t in traces)
-    groups: dict[int, list[float]] = {}
-    for rollout in rollouts:
-        if rollout.reward is not None:
-            groups.setdefault(rollout.group, []).append(rollout.reward.total)
-    metrics["groups_with_signal"] = _mean([len(set(g)) > 1 for g in groups.values()])
-    return metrics
 
 
 class _LogprobCheck:
