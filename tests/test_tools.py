@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kernel_bridge import Kernel
@@ -385,6 +385,9 @@ def test_a_monthly_bar_needs_its_whole_month_before_the_cutoff():
     st.dates(dt.date(2020, 1, 1), dt.date(2020, 12, 31)),
     st.integers(0, 400),
 )
+# Drawn once: a monthly bar labelled 2020-02-08 02:00 in New York "ends" at 2020-03-08 02:00,
+# a time the daylight-saving change skips; bars_until raised pandas' nonexistent-time error.
+@example(interval="1mo", tz=NY, cutoff=dt.date(2020, 1, 1), offset_hours=4)
 def test_no_kept_bar_ends_after_the_cutoff(interval, tz, cutoff, offset_hours):
     start = pd.Timestamp("2020-01-01") + pd.Timedelta(hours=offset_hours)
     index = pd.date_range(start, periods=200, freq="7h", tz=tz)
@@ -396,6 +399,31 @@ def test_no_kept_bar_ends_after_the_cutoff(interval, tz, cutoff, offset_hours):
     assert (bar_end(pd.DatetimeIndex(kept.index), interval) <= boundary).all()
     dropped = frame.drop(kept.index)
     assert (bar_end(pd.DatetimeIndex(dropped.index), interval) > boundary).all()
+
+
+def test_the_cutoff_holds_across_daylight_saving_changes():
+    # New York, autumn: a monthly bar labelled 2020-10-01 01:30 ends at 2020-11-01 01:30, a wall
+    # time that happens twice; either way it ends on 2020-11-01.
+    autumn = pd.DataFrame({"Close": [1]}, index=pd.DatetimeIndex(["2020-10-01 01:30"], tz=NY))
+    assert len(bars_until(autumn, dt.date(2020, 10, 31), "1mo")) == 0
+    assert len(bars_until(autumn, dt.date(2020, 11, 1), "1mo")) == 1
+    # A daily bar ends at the next local midnight, not 24 hours later: the day of the change
+    # has 23 hours in spring and 25 in autumn.
+    days = pd.DataFrame(
+        {"Close": [1, 2]}, index=pd.DatetimeIndex(["2020-03-08", "2020-11-01"], tz=NY)
+    )
+    assert list(bars_until(days, dt.date(2020, 3, 8), "1d")["Close"]) == [1]
+    assert list(bars_until(days, dt.date(2020, 11, 1), "1d")["Close"]) == [1, 2]
+    # Havana skips midnight itself in spring (00:00 -> 01:00) and repeats it in autumn; a day
+    # begins at the first instant that has its date.
+    havana = "America/Havana"
+    spring = pd.DataFrame(
+        {"Close": [1, 2]}, index=pd.DatetimeIndex(["2020-03-07", "2020-03-08 01:00"], tz=havana)
+    )
+    assert list(bars_until(spring, dt.date(2020, 3, 7), "1d")["Close"]) == [1]
+    fall = pd.DataFrame({"Close": [1]}, index=pd.DatetimeIndex(["2020-10-31"], tz=havana))
+    assert len(bars_until(fall, dt.date(2020, 10, 31), "1d")) == 1
+    assert len(bars_until(fall, dt.date(2020, 10, 30), "1d")) == 0
 
 
 def test_stock_price_removes_rows_a_yahoo_standin_sends_past_the_cutoff(tmp_path, capsys):

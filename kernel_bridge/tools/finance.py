@@ -21,6 +21,7 @@ import datetime as dt
 import os
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from kernel_bridge.tools.base import Tool, ToolError
@@ -71,22 +72,43 @@ def parse_date(value: Any, what: str) -> dt.date:
 
 
 def bar_end(index: pd.DatetimeIndex, interval: str) -> pd.DatetimeIndex:
-    """When each bar ends: its label plus its length."""
+    """When each bar ends: its label plus its length.
+
+    Days, weeks and months are calendar lengths in the index's own time zone, so a daily bar ends
+    at the next local midnight also across a daylight-saving change.
+    """
     if interval.endswith("mo"):
-        return index + pd.DateOffset(months=int(interval[:-2]))
+        return _local_shift(index, pd.DateOffset(months=int(interval[:-2])))
     if interval.endswith("wk"):
-        return index + pd.Timedelta(weeks=int(interval[:-2]))
+        return _local_shift(index, pd.DateOffset(weeks=int(interval[:-2])))
     if interval.endswith("d"):
-        return index + pd.Timedelta(days=int(interval[:-1]))
+        return _local_shift(index, pd.DateOffset(days=int(interval[:-1])))
     if interval.endswith("h"):
         return index + pd.Timedelta(hours=int(interval[:-1]))
     return index + pd.Timedelta(minutes=int(interval[:-1]))
 
 
+def _local_shift(index: pd.DatetimeIndex, offset: pd.DateOffset) -> pd.DatetimeIndex:
+    """``index + offset`` in local wall time, resolved as ``end_of_day`` resolves midnight: a wall
+    time that a daylight-saving change skips becomes the first instant after the gap; one it
+    repeats, the first of the two (a daily bar ends where the next day begins)."""
+    if index.tz is None:
+        return index + offset
+    wall = index.tz_localize(None) + offset
+    first = np.ones(len(wall), dtype=bool)  # True: the daylight-saving (first) occurrence
+    return wall.tz_localize(index.tz, ambiguous=first, nonexistent="shift_forward")
+
+
 def end_of_day(index: pd.DatetimeIndex, day: dt.date) -> pd.Timestamp:
-    """Midnight after ``day`` in the index's own time zone (naive when the index is naive)."""
+    """Midnight after ``day`` in the index's own time zone (naive when the index is naive).
+
+    Where a daylight-saving change skips that midnight, the next day begins at the first instant
+    after the gap; where it repeats it, at the first of the two.
+    """
     boundary = pd.Timestamp(day + dt.timedelta(days=1))
-    return boundary.tz_localize(index.tz) if index.tz is not None else boundary
+    if index.tz is None:
+        return boundary
+    return boundary.tz_localize(index.tz, ambiguous=True, nonexistent="shift_forward")
 
 
 def bars_until(frame: pd.DataFrame, cutoff: dt.date, interval: str) -> pd.DataFrame:
