@@ -1,8 +1,11 @@
 """LiteLLMSampler: API models (OpenAI, Anthropic, Gemini, vLLM and Ollama servers, …) via LiteLLM.
 
 Continues the assistant turn by assistant prefill where the provider supports it, else by the
-turn-based fallback (``CONTINUE_PROMPT``). Streams asynchronously; closing the stream closes the
-upstream HTTP response. Transient failures are retried only before any text was delivered.
+turn-based fallback (``CONTINUE_PROMPT``). Thinking that arrives in the API's reasoning channel
+(``reasoning_content``, Anthropic's thinking blocks) is written into the turn as
+``<think>…</think>`` text, so it parses, runs and is traced like thinking a model writes itself.
+Streams asynchronously; closing the stream closes the upstream HTTP response. Transient failures
+are retried only before any text was delivered.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ PREFILL_PROVIDERS = frozenset(
 _PREFIX_FLAG = frozenset({"deepseek", "mistral"})  # they want {"prefix": True} on that message
 _NO_TRAILING_WHITESPACE = frozenset({"anthropic", "bedrock", "vertex_ai"})  # a 400 otherwise
 _VLLM_CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
+# Providers whose prefill takes the thinking so far in the message's own field (LiteLLM passes
+# ``reasoning_content`` through): thinking goes back the way it came.
+_REASONING_FIELD = frozenset({"deepseek"})
+# Providers that cannot prefill a turn while thinking is on (Anthropic refuses it).
+_NO_PREFILL_WHILE_THINKING = frozenset({"anthropic"})
+
+# How thinking from the reasoning channel is written into the turn: the tags the profiles know.
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 # How SDKs say that no key was found (LiteLLM maps some of these to a 500).
 _MISSING_KEY = re.compile(
@@ -80,6 +91,13 @@ class LiteLLMSampler:
       you left off. The output of your last code block is above." The reply is a new turn; it is
       yielded as the continuation, so how seamless it reads depends on the model.
 
+    Thinking in the reasoning channel (DeepSeek-R1, vLLM ``--reasoning-parser``, SGLang, Ollama,
+    Anthropic with ``reasoning_effort``) is yielded as ``<think>\n…\n</think>\n\n`` text in order
+    with the answer, and a continuation that stopped inside it goes on inside it. On a prefill it
+    goes back as the model's own ``<think>`` text (DeepSeek: in the message's ``reasoning_content``,
+    since it came from there); Anthropic cannot prefill a thinking turn, so ``reasoning_effort``
+    switches it to the turn-based fallback. ``params()`` records which (``continuation``).
+
     At most ``MAX_STOP_STRINGS`` stop strings are sent (the first ones). Rate limits, timeouts,
     5xx and connection errors are retried ``retries`` times with jittered exponential backoff
     (``backoff`` seconds, doubling, at most ``MAX_BACKOFF_S``), but only before the call yielded
@@ -100,6 +118,7 @@ class LiteLLMSampler:
         retries: int = 3,
         backoff: float = 1.0,
         timeout: float = 120.0,
+        reasoning_effort: str | None = None,
     ) -> None:
         check_sampling(temperature, top_p, max_tokens)
         if retries < 0 or backoff < 0 or timeout <= 0:
@@ -115,7 +134,19 @@ class LiteLLMSampler:
         self.max_tokens = max_tokens
         self.api_base = api_base
         self._api_key = api_key
-        self.prefill = self.provider in PREFILL_PROVIDERS if prefill is None else prefill
+        self.reasoning_effort = reasoning_effort
+        thinking = reasoning_effort not in (None, "none")
+        if prefill is None:
+            prefill = self.provider in PREFILL_PROVIDERS and not (
+                thinking and self.provider in _NO_PREFILL_WHILE_THINKING
+            )
+        self.prefill = prefill
+        # Anthropic takes no temperature but 1 while thinking (a 400 otherwise): it is not sent.
+        self._send_temperature = not (thinking and self.provider == "anthropic")
+        # Set once a stream delivered reasoning deltas: this server splits thinking from the
+        # answer, so its answer text closes the think section and a prefill sends thinking back
+        # where it came from.
+        self.reasoning_channel = False
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
@@ -132,6 +163,9 @@ class LiteLLMSampler:
             "top_p": self.top_p,
             "max_tokens": self.max_tokens,
             "prefill": self.prefill,
+            "continuation": "prefill" if self.prefill else "new_turn",
+            "continue_prompt": None if self.prefill else CONTINUE_PROMPT,
+            "reasoning_effort": self.reasoning_effort,
             "api_base": _public_url(self.api_base),
             "retries": self.retries,
             "timeout": self.timeout,
@@ -156,6 +190,10 @@ class LiteLLMSampler:
         if not text:
             return messages, so_far
         message: dict[str, Any] = {"role": "assistant", "content": text}
+        if self.reasoning_channel and self.provider in _REASONING_FIELD:
+            split = split_thinking(text)
+            if split is not None:
+                message["content"], message["reasoning_content"] = split[1], split[0]
         if self.provider in _PREFIX_FLAG:
             message["prefix"] = True
         return [*messages, message], so_far[len(text) :]
@@ -174,8 +212,10 @@ class LiteLLMSampler:
             "num_retries": 0,  # retries are ours, and only where they cannot repeat text
             "max_retries": 0,
         }
-        if self.temperature is not None:
+        if self.temperature is not None and self._send_temperature:
             kwargs["temperature"] = self.temperature
+        if self.reasoning_effort is not None:
+            kwargs["reasoning_effort"] = self.reasoning_effort
         if self.top_p is not None:
             kwargs["top_p"] = self.top_p
         if request.stop:
@@ -198,10 +238,14 @@ class LiteLLMSampler:
             response: Any = None
             delivered = 0  # characters yielded by this attempt
             held_back = left_out
+            channels = ThinkingChannel(request.assistant_text, closes=self.reasoning_channel)
             try:
                 response = await self._litellm.acompletion(**kwargs)
                 async for chunk in response:
-                    text, finish = _read_chunk(chunk)
+                    reasoning, text, finish = _read_chunk(chunk)
+                    if reasoning:
+                        self.reasoning_channel = True
+                    text = channels.merge(reasoning, text)
                     if held_back and text:
                         text, held_back = _skip_held_back(text, held_back)
                     if not text and finish is None:
@@ -307,16 +351,90 @@ def _key_variables(litellm: Any, model: str, provider: str) -> list[str]:
     return missing or [f"{provider.upper()}_API_KEY"]
 
 
-def _read_chunk(chunk: Any) -> tuple[str, Any]:
+class ThinkingChannel:
+    """Writes a stream's reasoning channel into its text as ``<think>…</think>``, in order.
+
+    Reasoning opens a think section (unless the turn so far left one open: then it goes on in
+    it); answer text closes it when the server is known to split the two (``closes``, or this
+    stream delivered reasoning), since a server that does not split sends the model's own
+    ``</think>`` as text. The tags sit on lines of their own, as models write them.
+    """
+
+    def __init__(self, so_far: str, closes: bool = False) -> None:
+        self.inside = ends_in_thinking(so_far)
+        self.closes = closes
+        self._last = so_far[-1:]  # the last character of the turn so far
+
+    def merge(self, reasoning: str, content: str) -> str:
+        parts: list[str] = []
+
+        def add(text: str) -> None:
+            if text:
+                parts.append(text)
+                self._last = text[-1]
+
+        if reasoning:
+            self.closes = True
+            if not self.inside:
+                add("\n" if self._last not in ("", "\n") else "")
+                add(THINK_OPEN + ("" if reasoning.startswith("\n") else "\n"))
+                self.inside = True
+            add(reasoning)
+        if content:
+            if self.inside and self.closes:
+                add("" if self._last == "\n" else "\n")
+                add(THINK_CLOSE + ("" if content.startswith("\n") else "\n\n"))
+                self.inside = False
+            add(content)
+        return "".join(parts)
+
+
+def ends_in_thinking(text: str) -> bool:
+    """Whether ``text`` stops inside a think section: its last ``<think>`` is not closed."""
+    start = text.rfind(THINK_OPEN)
+    return start >= 0 and text.find(THINK_CLOSE, start) < 0
+
+
+def split_thinking(text: str) -> tuple[str, str] | None:
+    """``(thinking, answer)`` of a turn that starts with a think section, as ``ThinkingChannel``
+    wrote it (the newlines it put around the tags are not part of either); else ``None``."""
+    if not text.lstrip().startswith(THINK_OPEN):
+        return None
+    body = text[text.index(THINK_OPEN) + len(THINK_OPEN) :]
+    body = body.removeprefix("\n")
+    end = body.find(THINK_CLOSE)
+    if end < 0:
+        return body, ""
+    thinking = body[:end].removesuffix("\n")
+    return thinking, body[end + len(THINK_CLOSE) :].lstrip("\n")
+
+
+def _field(item: Any, name: str) -> Any:
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
+def _read_chunk(chunk: Any) -> tuple[str, str, Any]:
+    """``(reasoning, text, finish)`` of a streamed chunk.
+
+    Reasoning is LiteLLM's ``reasoning_content`` (DeepSeek, vLLM, SGLang, Ollama and Anthropic
+    all arrive there), else the text of its Anthropic ``thinking_blocks`` (signatures and
+    redacted blocks carry no text to show).
+    """
     choices = getattr(chunk, "choices", None) or []
     if not choices:
-        return "", None
+        return "", "", None
     choice = choices[0]
     delta = getattr(choice, "delta", None)
     text = getattr(delta, "content", None) or ""
+    reasoning = getattr(delta, "reasoning_content", None)
+    if not isinstance(reasoning, str) or not reasoning:
+        blocks = getattr(delta, "thinking_blocks", None) or []
+        reasoning = "".join(
+            _field(b, "thinking") or "" for b in blocks if _field(b, "type") == "thinking"
+        )
     reason = getattr(choice, "finish_reason", None)
     finish = None if reason is None else "length" if reason == "length" else "stop"
-    return text, finish
+    return reasoning, text, finish
 
 
 def _skip_held_back(text: str, held_back: str) -> tuple[str, str]:
@@ -358,4 +476,12 @@ def _public_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-__all__ = ["CONTINUE_PROMPT", "PREFILL_PROVIDERS", "LiteLLMSampler", "SamplerError"]
+__all__ = [
+    "CONTINUE_PROMPT",
+    "PREFILL_PROVIDERS",
+    "LiteLLMSampler",
+    "SamplerError",
+    "ThinkingChannel",
+    "ends_in_thinking",
+    "split_thinking",
+]
