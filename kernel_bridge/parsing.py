@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Literal, TypeAlias, cast
+from typing import Any, Literal, TypeAlias, cast
 
 Section = Literal["text", "think", "answer"]
 MarkupKind = Literal["think_open", "think_close", "answer_open", "answer_close"]
@@ -161,6 +161,43 @@ MARKDOWN = Profile(name="markdown")
 RETOOL = Profile(name="retool", code="tag", output_tags=("<interpreter>", "</interpreter>"))
 PLAIN = Profile(name="plain", think_tags=None)
 PROFILES: dict[str, Profile] = {p.name: p for p in (MARKDOWN, RETOOL, PLAIN)}
+
+
+def opens_thinking(prompt: str, profile: Profile) -> bool:
+    """Whether ``prompt`` (the text before the model's first token) leaves a think section open:
+    its last think tag is an opening one, as in ``…<｜Assistant｜><think>\n``."""
+    if profile.think_tags is None:
+        return False
+    open_tag, close_tag = profile.think_tags
+    start = prompt.rfind(open_tag)
+    return start >= 0 and prompt.find(close_tag, start) < 0
+
+
+def template_start_section(
+    tokenizer: Any, messages: list[dict[str, Any]], profile: Profile
+) -> Section | None:
+    """``"think"`` when the chat template's generation prompt opens a think section (reasoning
+    models served raw: DeepSeek-R1 distills, QwQ, Qwen3 thinking checkpoints end it with
+    ``<think>\n``), so that the parser starts inside it: the model's first words are thinking
+    (in the spans, the cell, the terminal), not prose before an answer; else ``None``.
+
+    The generation prompt is what ``add_generation_prompt=True`` adds to the rendered
+    conversation; a tokenizer without a usable template gives ``None``.
+    """
+    if tokenizer is None or profile.think_tags is None:
+        return None
+    try:
+        opened = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        closed = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=False
+        )
+    except Exception:
+        return None
+    if not isinstance(opened, str) or not isinstance(closed, str):
+        return None
+    pairs = zip(opened, closed, strict=False)
+    shared = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(opened), len(closed)))
+    return "think" if opens_thinking(opened[shared:], profile) else None
 
 
 def get_profile(name: str) -> Profile:

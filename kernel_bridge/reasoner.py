@@ -30,6 +30,7 @@ from kernel_bridge.parsing import (
     StreamParser,
     TextDelta,
     get_profile,
+    template_start_section,
 )
 from kernel_bridge.prompts import default_examples, default_system_prompt
 from kernel_bridge.samplers import Delta, Sampler, SampleRequest
@@ -214,7 +215,10 @@ class _Run:
         if prompt_ids is not None:
             self.trace.prompt_token_ids = list(prompt_ids(messages))
             self.trace.usage.prompt_tokens = len(self.trace.prompt_token_ids)
-        self.parser = StreamParser(reasoner.profile, start_section=reasoner.start_section)  # type: ignore[arg-type]
+        start = reasoner.start_section or template_start_section(
+            getattr(sampler, "tokenizer", None), messages, reasoner.profile
+        )  # a local chat template that opens <think> starts the turn inside it
+        self.parser = StreamParser(reasoner.profile, start_section=start)  # type: ignore[arg-type]
         self.t0 = time.monotonic()
         self.deadline = self.t0 + self.limits.time_limit
         self.segment = _SegmentBuilder()

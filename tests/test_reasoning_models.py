@@ -254,3 +254,88 @@ async def test_interrupted_thinking_stream_is_saved_in_the_trace(
     assert saved.id == trace.id and saved.finish_reason == "error"
     assert saved.text == "<think>\nSix sevens are forty-two, I am"
     assert [s.kind for s in saved.segments[0].spans or []] == ["markup", "think"]
+
+
+# -- thinking models served raw: the chat template opens <think> ---------------------------------
+
+# DeepSeek-R1's template, cut down: earlier thinking is dropped, the generation prompt opens it.
+R1_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<｜User｜>{{ m['content'] }}"
+    "{% else %}<｜Assistant｜>{{ m['content'].split('</think>')[-1] }}<｜end▁of▁sentence｜>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}"
+)
+# Qwen2.5's shape: the generation prompt opens the turn only.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen3 with enable_thinking=False: an empty think section, already closed.
+NO_THINKING_TEMPLATE = CHATML_TEMPLATE.replace(
+    "assistant\n{% endif %}", "assistant\n<think>\n\n</think>\n\n{% endif %}"
+)
+
+
+def byte_tokenizer(chat_template: str | None):
+    """A real Hugging Face tokenizer built here: byte-level, no merges, the R1 special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core)
+    tokenizer.add_special_tokens(
+        {
+            "eos_token": "<｜end▁of▁sentence｜>",
+            "additional_special_tokens": ["<｜User｜>", "<｜Assistant｜>"],
+        }
+    )
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+@pytest.mark.parametrize(
+    ("template", "profile", "section"),
+    [
+        (R1_TEMPLATE, "markdown", "think"),
+        (R1_TEMPLATE, "retool", "think"),
+        (R1_TEMPLATE, "plain", None),  # a profile without think tags has no think section
+        (CHATML_TEMPLATE, "markdown", None),
+        (NO_THINKING_TEMPLATE, "markdown", None),
+        (None, "markdown", None),  # no template: nothing to go by
+    ],
+)
+def test_start_section_comes_from_the_generation_prompt(template, profile, section):
+    from kernel_bridge.parsing import get_profile, template_start_section
+
+    tokenizer = byte_tokenizer(template)
+    assert template_start_section(tokenizer, QUESTION, get_profile(profile)) == section
+
+
+async def test_raw_reasoning_model_starts_inside_thinking_and_its_first_block_runs():
+    from kernel_bridge.samplers.vllm import VLLMServerSampler
+    from tests.vllm_standin import Completion, VLLMCompletionsStandIn
+
+    tokenizer = byte_tokenizer(R1_TEMPLATE)
+    with VLLMCompletionsStandIn(tokenizer) as server:
+        server.add(
+            Completion(THINKING + GUESSED, eos=False, tokens_per_chunk=4, delay=0.01),
+            Completion("So it is 42.\n</think>\n\nThe answer is 42.", tokens_per_chunk=4),
+        )
+        sampler = VLLMServerSampler(server.url, server.model, tokenizer)
+        async with Kernel(timeout=60) as kernel:
+            trace, events, screen = await run_recorded(Reasoner(sampler, kernel), "6*7?")
+        prompt = tokenizer.decode(server.exchanges[0].prompt)
+    assert prompt.endswith("<｜Assistant｜><think>\n")  # the template opened the section
+    assert [s.output_text for s in trace.steps] == ["42"]
+    assert trace.answer == "The answer is 42."
+    first = trace.segments[0]
+    spans = [(s.kind, first.text[s.start : s.end], s.step) for s in first.spans or []]
+    assert spans[0] == ("think", "Let me compute.\n", None)  # thinking from the first token
+    assert ("code", "x = 6 * 7\nprint(x)\n", 0) in spans
+    assert think_text(events) == "Let me compute.\nSo it is 42.\n"
+    assert "Let me compute." in screen
