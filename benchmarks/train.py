@@ -490,6 +490,163 @@ def gpu_table(out: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+# -- the CPU step's levers (--cpu-step) ----------------------------------------------------------
+
+
+async def generation_levers(prompts: int, group: int, max_tokens: int) -> list[dict[str, Any]]:
+    """Rollouts of tier-1 tasks with the embedded model, four ways: float32 one stream at a time
+    (the old path), int8 one at a time, int8 with every stream of the step in one batch, and int8
+    batched from a LoRA-wrapped float model's int8 copy (what the trainer does). The one-at-a-time
+    paths run one group (their tokens/s is the figure); the batched ones the whole step."""
+    import torch
+
+    from kernel_bridge.embedded import int8_copy, load_embedded
+    from kernel_bridge.kernel import KernelPool
+    from kernel_bridge.reasoner import Limits
+    from kernel_bridge.samplers.batched import BatchedSampler
+    from kernel_bridge.samplers.transformers import GenerationConfig, TransformersSampler
+    from kernel_bridge.training.config import TrainConfig
+    from kernel_bridge.training.policy import load_policy
+    from kernel_bridge.training.rollout import RolloutSettings, collect_rollouts
+    from kernel_bridge.training.tasks import builtin_tasks, split_tasks
+
+    tasks = split_tasks(builtin_tasks([1]))[0][:prompts]
+    generation = GenerationConfig(temperature=1.0, max_new_tokens=max_tokens, seed=0)
+    settings = RolloutSettings(limits=Limits(max_steps=3, max_tokens=max_tokens, step_timeout=10))
+    float_model, tokenizer = load_embedded(dtype="float32", adapter=None)
+    int8_model, _ = load_embedded(adapter=None)
+    policy, _ = load_policy(TrainConfig(model="local-base", lora=True, lora_rank=8))
+    ways: list[tuple[str, Any, int]] = [
+        (
+            "float32, one at a time",
+            TransformersSampler(float_model, tokenizer, config=generation),
+            1,
+        ),
+        ("int8, one at a time", TransformersSampler(int8_model, tokenizer, config=generation), 1),
+        ("int8, one batch", BatchedSampler(int8_model, tokenizer, config=generation), prompts),
+    ]
+    begin = time.perf_counter()
+    copy = int8_copy(policy)
+    repack_s = time.perf_counter() - begin
+    batched_copy = BatchedSampler(copy, tokenizer, config=generation)
+    ways.append(("int8 copy of the LoRA policy, one batch", batched_copy, prompts))
+    results = []
+    async with KernelPool(size=8) as pool:
+        for name, sampler, n in ways:
+            torch.manual_seed(0)
+            begin = time.perf_counter()
+            rollouts = await collect_rollouts(sampler, pool, tasks[:n], group, settings)
+            wall = time.perf_counter() - begin
+            tokens = sum(r.trace.usage.model_tokens for r in rollouts)
+            results.append(
+                {
+                    "way": name,
+                    "rollouts": len(rollouts),
+                    "model_tokens": tokens,
+                    "wall_s": wall,
+                    "tokens_per_s": tokens / wall,
+                    "step_s": prompts * group * (tokens / len(rollouts)) / (tokens / wall),
+                }
+            )
+    results[-1]["repack_s"] = repack_s
+    return results
+
+
+def update_levers(group: int, completion: int) -> list[dict[str, Any]]:
+    """One group's update (LoRA rank 8, micro-batches of 2, every sequence with an advantage)
+    with the default prompt (protocol and worked example) and with no system prompt, the shared
+    prompt run once per micro-batch or with every row."""
+    import torch
+
+    from kernel_bridge.parsing import get_profile
+    from kernel_bridge.prompts import default_examples, default_system_prompt
+    from kernel_bridge.trace import Segment, Trace
+    from kernel_bridge.training.config import TrainConfig
+    from kernel_bridge.training.policy import load_policy
+    from kernel_bridge.training.rewards import RewardResult
+    from kernel_bridge.training.rollout import Rollout
+    from kernel_bridge.training.tasks import Task
+    from kernel_bridge.training.trainer import Trainer
+
+    profile = get_profile("markdown")
+    question = [{"role": "user", "content": "How many prime numbers are there below 54321?"}]
+    prompts = {
+        "default prompt": [
+            {"role": "system", "content": default_system_prompt(profile)},
+            *default_examples(profile),
+            *question,
+        ],
+        "no system prompt": question,
+    }
+    config = TrainConfig(
+        model="local-base", lora=True, lora_rank=8, micro_batch_size=2, progress=False
+    )
+    model, tokenizer = load_policy(config)
+    generator = torch.Generator().manual_seed(0)
+    results = []
+    for prompt_name, messages in prompts.items():
+        prompt_ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        if hasattr(prompt_ids, "keys"):
+            prompt_ids = list(prompt_ids["input_ids"])
+        rollouts = []
+        for i in range(group):
+            ids = torch.randint(0, 150_000, (completion,), generator=generator).tolist()
+            trace = Trace(
+                model="bench",
+                sampler={"name": "bench"},
+                messages=messages,
+                prompt_token_ids=prompt_ids,
+                segments=[Segment("model", "x", token_ids=ids)],
+                finish_reason="max_tokens",
+            )
+            rollouts.append(Rollout(None, 0, trace, RewardResult(float(i % 2))))
+        for share in (False, True):
+            trainer = Trainer(
+                config.replace(share_prompt=share),
+                model=model,
+                tokenizer=tokenizer,
+                tasks=[Task("t", "q", 1)],
+            )
+            begin = time.perf_counter()
+            trainer.update(rollouts)
+            results.append(
+                {
+                    "prompt": prompt_name,
+                    "prompt_tokens": len(prompt_ids),
+                    "share_prompt": share,
+                    "sequences": group,
+                    "completion_tokens": completion,
+                    "update_s": time.perf_counter() - begin,
+                }
+            )
+    return results
+
+
+def cpu_step_table(out: dict[str, Any]) -> str:
+    rows = ["| generation | rollouts | model tokens | tokens/s | 32 rollouts take (s) |"]
+    rows.append("|---|---:|---:|---:|---:|")
+    base = out["generation"][0]["tokens_per_s"]
+    for r in out["generation"]:
+        ratio = r["tokens_per_s"] / base
+        rows.append(
+            f"| {r['way']} | {r['rollouts']} | {r['model_tokens']} | "
+            f"{r['tokens_per_s']:.1f} ({ratio:.1f}×) | {r['step_s']:.0f} |"
+        )
+    repack = out["generation"][-1].get("repack_s")
+    if repack is not None:
+        rows.append(f"\nre-packing the int8 copy from the LoRA policy: {repack:.1f} s\n")
+    rows.append("| update of one group | prompt tokens | prompt once | seconds | ratio |")
+    rows.append("|---|---:|---|---:|---:|")
+    base = out["update"][0]["update_s"]
+    for r in out["update"]:
+        rows.append(
+            f"| {r['sequences']} × {r['completion_tokens']} completion tokens, {r['prompt']} | "
+            f"{r['prompt_tokens']} | {'yes' if r['share_prompt'] else 'no'} | "
+            f"{r['update_s']:.1f} | {r['update_s'] / base:.2f}× |"
+        )
+    return "\n".join(rows)
+
+
 def cpu_part(quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out["rollouts"] = asyncio.run(rollouts_pool_vs_cold(8 if quick else 16))
@@ -519,6 +676,11 @@ def main() -> int:
         help="hf:ID_OR_PATH of a 1.5B model, or 'random' (default): Qwen2.5-1.5B's shape with "
         "random weights (nothing to download; every completion runs to max_tokens)",
     )
+    cli.add_argument(
+        "--cpu-step",
+        action="store_true",
+        help="the CPU step's levers only: int8 and batched rollouts, the prompt once in the update",
+    )
     cli.add_argument("--json", type=Path, help="also write the numbers here")
     cli.add_argument("--measure-update", help=argparse.SUPPRESS)
     cli.add_argument("--fits", help=argparse.SUPPRESS)
@@ -538,7 +700,11 @@ def main() -> int:
             "cpus": os.cpu_count(),
         }
     }
-    if not args.gpu_only:
+    if args.cpu_step:
+        out["generation"] = asyncio.run(generation_levers(prompts=8, group=4, max_tokens=150))
+        out["update"] = update_levers(group=4, completion=150)
+        print(cpu_step_table(out))
+    elif not args.gpu_only:
         out.update(cpu_part(args.quick))
         print("## CPU\n")
         print(cpu_table(out))

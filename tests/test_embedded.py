@@ -284,3 +284,91 @@ def test_float_dtypes_load_plain_weights(converted):
     assert model.dtype == torch.bfloat16
     assert any(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert greedy_reply(model, tokenizer, PROMPT, max_new_tokens=8).strip()
+
+
+# -- LoRA adapters: local (the shipped one), local-base (none), local:PATH ----------------------
+
+
+def test_model_strings_name_the_adapter(tmp_path):
+    from kernel_bridge.embedded import embedded_adapter, is_embedded, shipped_adapter
+
+    assert embedded_adapter("local") == shipped_adapter()
+    assert embedded_adapter("local-base") is None
+    assert embedded_adapter(f"local:{tmp_path}") == tmp_path
+    assert all(is_embedded(m) for m in ("local", "local-base", f"local:{tmp_path}"))
+    assert not is_embedded("hf:Qwen/Qwen2.5-Coder-0.5B-Instruct")
+    with pytest.raises(EmbeddedModelError, match="local-base"):
+        embedded_adapter("local:")
+
+
+def _fake_checkpoint(directory: Path, layer: str, out_features: int, in_features: int) -> Path:
+    """A checkpoint as the trainer writes it: peft's names, rank and alpha in state.json."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    prefix = f"base_model.model.{layer}"
+    weights = {
+        f"{prefix}.lora_A.default.weight": torch.randn(4, in_features) * 0.1,
+        f"{prefix}.lora_B.default.weight": torch.randn(out_features, 4) * 0.1,
+    }
+    directory.mkdir(parents=True)
+    save_file(weights, str(directory / "weights.safetensors"))
+    state = {"step": 3, "model": "local-base", "lora": True, "lora_rank": 4, "lora_alpha": 8}
+    (directory / "state.json").write_text(json.dumps(state))
+    return directory
+
+
+def _levels(module):
+    import torch
+
+    weight, _ = torch.ops.quantized.linear_unpack(module.packed)
+    return weight.int_repr()
+
+
+@pytest.mark.slow
+def test_an_adapter_changes_the_model_and_local_base_stays_untouched(converted, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from kernel_bridge.embedded import load_adapter, save_adapter
+
+    cache_dir, base, tokenizer = converted
+    layer = "model.layers.3.mlp.down_proj"
+    shape = base.get_submodule(layer)
+    run = _fake_checkpoint(
+        tmp_path / "run" / "checkpoints" / "step-000003", layer, shape.out_features,
+        shape.in_features,
+    )  # fmt: skip
+    adapter = save_adapter(run.parent.parent, tmp_path / "adapter.safetensors", note="test")
+    # The file is small, bfloat16, and says how to scale B·A.
+    assert adapter.stat().st_size < 200_000
+    assert torch.allclose(load_adapter(adapter)[layer], load_adapter(run)[layer], atol=0.05)
+    tuned, _ = load_embedded(cache_dir=cache_dir, adapter=adapter)
+    stored = load_file(str(converted_dir(cache_dir) / "linear-int8.safetensors"))
+    # local-base: every layer is the converted model's own int8 weight.
+    for name, module in base.named_modules():
+        if hasattr(module, "packed"):
+            assert torch.equal(_levels(module), stored[f"{name}.weight"]), name
+    # With the adapter: only the adapted layer differs.
+    assert not torch.equal(_levels(tuned.get_submodule(layer)), stored[f"{layer}.weight"])
+    other = "model.layers.3.mlp.up_proj"
+    assert torch.equal(_levels(tuned.get_submodule(other)), stored[f"{other}.weight"])
+    ids = tokenizer.encode(PROMPT, return_tensors="pt")
+    with torch.inference_mode():
+        assert not torch.equal(base(ids).logits, tuned(ids).logits)
+
+
+def test_a_file_that_is_not_an_adapter_is_one_clear_error(tmp_path):
+    from kernel_bridge.embedded import load_adapter
+
+    bad = tmp_path / "adapter.safetensors"
+    bad.write_bytes(b"not safetensors at all")
+    with pytest.raises(EmbeddedModelError, match="not a safetensors LoRA adapter"):
+        load_adapter(bad)
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    with pytest.raises(EmbeddedModelError, match="holds no adapter"):
+        load_adapter(empty)
