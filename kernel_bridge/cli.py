@@ -34,6 +34,30 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+def seconds_option(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (``nan`` and ``inf`` are refused)."""
+    from kernel_bridge.kernel import check_seconds
+
+    try:
+        return check_seconds(float(text), "seconds")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number of seconds above 0, got {text!r}"
+        ) from None
+
+
+def count_option(text: str) -> int:
+    """An argparse type: a whole number, at least 1."""
+    from kernel_bridge.kernel import check_count
+
+    try:
+        return check_count(int(text), "count")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number, at least 1, got {text!r}"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kernel-bridge", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"kernel-bridge {__version__}")
@@ -55,10 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"JSONL file the trace is appended to (default: {default_trace_path()})",
     )
-    reason.add_argument("--max-steps", type=int, default=20, help="most code blocks to run")
-    reason.add_argument("--max-tokens", type=int, default=8192, help="most model tokens")
-    reason.add_argument("--timeout", type=float, default=30.0, help="seconds per code block")
-    reason.add_argument("--time-limit", type=float, default=600.0, help="seconds for the whole run")
+    reason.add_argument(
+        "--max-steps", type=count_option, default=20, help="most code blocks to run"
+    )
+    reason.add_argument("--max-tokens", type=count_option, default=8192, help="most model tokens")
+    reason.add_argument(
+        "--timeout", type=seconds_option, default=30.0, help="seconds per code block"
+    )
+    reason.add_argument(
+        "--time-limit", type=seconds_option, default=600.0, help="seconds for the whole run"
+    )
     reason.add_argument("--no-color", action="store_true", help="plain text output")
     reason.add_argument(
         "--tools",

@@ -34,11 +34,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from nbformat import NotebookNode
-from traitlets import Bool, Float
+from traitlets import Bool
 
 from kernel_bridge.kernel import (
     BlockSettings,
     ExecutionResult,
+    Seconds,
     Status,
     _append_note,
     _check_code,
@@ -87,7 +88,7 @@ class ShellExecutor(BlockSettings):
     it, ``execute()`` must be awaited on the main thread itself (e.g. from a top-level ``await``).
     """
 
-    interrupt_grace = Float(
+    interrupt_grace = Seconds(
         3.0, help="Seconds between repeated interrupts of a block that outlives its deadline."
     ).tag(config=True)
     echo = Bool(True, help="Also show the outputs in the running cell, as they happen.").tag(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import numbers
 import os
 import re
 import shutil
@@ -25,7 +27,7 @@ import psutil
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from nbformat import NotebookNode
-from traitlets import Bool, Dict, Float, Int, List, Unicode
+from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode
 from traitlets.config import LoggingConfigurable
 
 from kernel_bridge.outputs import OutputCollector
@@ -39,6 +41,43 @@ SECRET_NAME_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVAT
 
 class KernelError(RuntimeError):
     """The kernel could not be started or reached; the message says what to do."""
+
+
+def check_seconds(value: Any, what: str, *, allow_zero: bool = False) -> float:
+    """``value`` as a duration: a finite number of seconds above 0 (or 0 too, with
+    ``allow_zero``). NaN or infinity would silently remove a limit, so they are errors."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "0 or more" if allow_zero else "above 0"
+        raise ValueError(f"{what} must be a finite number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
+def check_count(value: Any, what: str, minimum: int = 1) -> int:
+    """``value`` as a whole number of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what} must be at least {minimum}, got {value!r}")
+    return int(value)
+
+
+class Seconds(Float):
+    """A traitlet for a duration: a finite number of seconds above 0 (or 0 too, ``allow_zero``)."""
+
+    def __init__(self, default_value: float, *, allow_zero: bool = False, **kwargs: Any) -> None:
+        self.allow_zero = allow_zero
+        super().__init__(default_value, **kwargs)
+
+    def validate(self, obj: Any, value: Any) -> float:
+        value = super().validate(obj, value)
+        try:
+            return check_seconds(
+                value, f"{type(obj).__name__}.{self.name}", allow_zero=self.allow_zero
+            )
+        except ValueError as e:
+            raise TraitError(str(e)) from None
 
 
 @dataclass
@@ -225,12 +264,16 @@ class LocalTransport:
 class BlockSettings(LoggingConfigurable):
     """What every executor of model code shares: the block timeout and how much output is kept."""
 
-    timeout = Float(30.0, help="Seconds a block may run before it is interrupted.").tag(config=True)
-    output_cap = Int(2000, help="Characters of output the model reads (head and tail).").tag(
+    timeout = Seconds(30.0, help="Seconds a block may run before it is interrupted.").tag(
+        config=True
+    )
+    output_cap = Int(2000, min=0, help="Characters of output the model reads (head and tail).").tag(
         config=True
     )
     store_cap = Int(
-        200_000, help="Characters kept per stream output in the notebook outputs (head and tail)."
+        200_000,
+        min=0,
+        help="Characters kept per stream output in the notebook outputs (head and tail).",
     ).tag(config=True)
 
 
@@ -241,27 +284,43 @@ class Kernel(BlockSettings):
     with ``url=`` it is a kernel on a Jupyter Server or Kernel Gateway, used the same way.
     """
 
-    interrupt_grace = Float(
-        3.0, help="Seconds to wait after an interrupt before the kernel is restarted."
+    interrupt_grace = Seconds(
+        3.0,
+        allow_zero=True,
+        help="Seconds to wait after an interrupt before the kernel is restarted.",
     ).tag(config=True)
-    startup_timeout = Float(60.0, help="Seconds to wait for a kernel to start.").tag(config=True)
-    poll_interval = Float(
+    startup_timeout = Seconds(60.0, help="Seconds to wait for a kernel to start.").tag(config=True)
+    poll_interval = Seconds(
         0.25, help="Seconds of iopub silence after which the kernel's liveness is checked."
     ).tag(config=True)
-    iopub_grace = Float(
-        2.0, help="Seconds to wait for the final iopub messages once the reply has arrived."
+    iopub_grace = Seconds(
+        2.0,
+        allow_zero=True,
+        help="Seconds to wait for the final iopub messages once the reply has arrived.",
     ).tag(config=True)
     memory_limit = Int(
-        4 << 30, allow_none=True, help="Address-space limit of a local kernel in bytes (None: off)."
+        4 << 30,
+        allow_none=True,
+        min=0,
+        help="Address-space limit of a local kernel in bytes (None: off).",
     ).tag(config=True)
     cpu_time_limit = Int(
-        None, allow_none=True, help="CPU seconds a local kernel may use in its life (None: off)."
+        None,
+        allow_none=True,
+        min=0,
+        help="CPU seconds a local kernel may use in its life (None: off).",
     ).tag(config=True)
     process_limit = Int(
-        None, allow_none=True, help="Processes the kernel's user may own (RLIMIT_NPROC; None: off)."
+        None,
+        allow_none=True,
+        min=0,
+        help="Processes the kernel's user may own (RLIMIT_NPROC; None: off).",
     ).tag(config=True)
     file_size_limit = Int(
-        1 << 30, allow_none=True, help="Largest file the kernel may write, in bytes (None: off)."
+        1 << 30,
+        allow_none=True,
+        min=0,
+        help="Largest file the kernel may write, in bytes (None: off).",
     ).tag(config=True)
     allow_env = List(
         Unicode(), help="Environment variables passed to the kernel although they look secret."
@@ -802,5 +861,8 @@ __all__ = [
     "KernelError",
     "KernelPool",
     "LoopThread",
+    "Seconds",
+    "check_count",
+    "check_seconds",
     "scrub_environment",
 ]

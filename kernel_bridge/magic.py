@@ -60,10 +60,11 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 from IPython.utils.process import arg_split
-from traitlets import Bool, Enum, Float, Int, TraitError, Unicode
+from traitlets import Bool, Enum, Int, TraitError, Unicode
 
+from kernel_bridge.cli import count_option, seconds_option
 from kernel_bridge.executors import ShellExecutor, ShellJob
-from kernel_bridge.kernel import Kernel, LoopThread
+from kernel_bridge.kernel import Kernel, LoopThread, Seconds
 from kernel_bridge.parsing import CodeEnd, TextDelta
 from kernel_bridge.reasoner import (
     Limits,
@@ -426,10 +427,10 @@ class ReasonMagics(Magics):
     isolated = Bool(
         False, help="Run the model's code in a sidecar kernel instead of the notebook's namespace."
     ).tag(config=True)
-    max_steps = Int(20, help="Most code blocks one run executes.").tag(config=True)
-    max_tokens = Int(8192, help="Most tokens the model writes in one run.").tag(config=True)
-    timeout = Float(30.0, help="Seconds one code block may run.").tag(config=True)
-    time_limit = Float(600.0, help="Seconds one run may take.").tag(config=True)
+    max_steps = Int(20, min=1, help="Most code blocks one run executes.").tag(config=True)
+    max_tokens = Int(8192, min=1, help="Most tokens the model writes in one run.").tag(config=True)
+    timeout = Seconds(30.0, help="Seconds one code block may run.").tag(config=True)
+    time_limit = Seconds(600.0, help="Seconds one run may take.").tag(config=True)
     trace = Unicode(
         "", help="JSONL file the traces are appended to; empty: the CLI's default store."
     ).tag(config=True)
@@ -495,10 +496,10 @@ class ReasonMagics(Magics):
         default=None,
         help="run the code in a sidecar kernel, not the notebook's namespace",
     )
-    @argument("--max-steps", type=int, default=None, help="most code blocks to run")
-    @argument("--max-tokens", type=int, default=None, help="most model tokens")
-    @argument("--timeout", type=float, default=None, help="seconds per code block")
-    @argument("--time-limit", type=float, default=None, help="seconds for the whole run")
+    @argument("--max-steps", type=count_option, default=None, help="most code blocks to run")
+    @argument("--max-tokens", type=count_option, default=None, help="most model tokens")
+    @argument("--timeout", type=seconds_option, default=None, help="seconds per code block")
+    @argument("--time-limit", type=seconds_option, default=None, help="seconds for the whole run")
     @argument("--trace", default=None, metavar="FILE", help="JSONL file to append the trace to")
     @argument("--show", choices=["all", "answer"], default=None, help="what the cell shows")
     @argument(

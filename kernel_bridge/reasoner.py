@@ -18,7 +18,7 @@ from typing import Any
 from nbformat import NotebookNode
 
 from kernel_bridge.executors import Executor
-from kernel_bridge.kernel import ExecutionResult, Kernel
+from kernel_bridge.kernel import ExecutionResult, Kernel, check_count, check_seconds
 from kernel_bridge.parsing import (
     CodeDelta,
     CodeEnd,
@@ -51,9 +51,10 @@ class Limits:
     time_limit: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "max_tokens", "step_timeout", "time_limit"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"Limits.{name} must be positive, got {getattr(self, name)!r}")
+        self.max_steps = check_count(self.max_steps, "Limits.max_steps")
+        self.max_tokens = check_count(self.max_tokens, "Limits.max_tokens")
+        self.step_timeout = check_seconds(self.step_timeout, "Limits.step_timeout")
+        self.time_limit = check_seconds(self.time_limit, "Limits.time_limit")
 
 
 # -- events the Reasoner adds to the parser's ---------------------------------------------------

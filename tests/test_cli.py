@@ -109,3 +109,38 @@ def test_run_that_hits_a_limit_exits_nonzero_and_saves_the_trace(tmp_path):
     assert out.returncode == 1
     assert "max_steps" in out.stdout
     assert load_traces(tmp_path / "traces.jsonl")[0].finish_reason == "max_steps"
+
+
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    """The command in this process (for checks that end before anything runs)."""
+    from kernel_bridge.cli import main
+
+    status = main(list(args))
+    return status, capsys.readouterr().err
+
+
+def test_numeric_options_must_be_finite_and_in_range(tmp_path, capsys, monkeypatch):
+    # `--timeout nan` used to pass the `<= 0` check and remove the block timeout altogether.
+    monkeypatch.setenv("KERNEL_BRIDGE_HOME", str(tmp_path))
+    cases = [
+        ("--timeout", "nan"),
+        ("--timeout", "inf"),
+        ("--timeout", "-1"),
+        ("--timeout", "0"),
+        ("--time-limit", "nan"),
+        ("--time-limit", "1e999"),  # inf
+        ("--time-limit", "0"),
+        ("--max-steps", "0"),
+        ("--max-steps", "1.5"),
+        ("--max-tokens", "-3"),
+    ]
+    for option, value in cases:
+        status, err = run_main(
+            capsys, "reason", "q", "--model", f"scripted:{SCRIPT}", option, value
+        )
+        assert status == 2, (option, value, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, (option, value, err)
+        assert lines[0].startswith(f"kernel-bridge: error: argument {option}: expected a"), lines
+        assert repr(value) in lines[0]
+    assert not (tmp_path / "traces.jsonl").exists()

@@ -10,6 +10,7 @@ import tracemalloc
 import nbformat
 import psutil
 import pytest
+from traitlets import TraitError
 
 from kernel_bridge import BlockingKernel, Kernel, KernelError
 from kernel_bridge.kernel import RESTARTED_NOTE, scrub_environment
@@ -283,3 +284,25 @@ def test_head_tail_keeps_both_ends_and_counts_what_it_dropped():
     assert buf.omitted == 16
     assert str(buf) == "abcde\n[… 16 characters omitted …]\nvwxyz"
     assert len(buf) == 26
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"timeout": float("nan")},
+        {"timeout": 0},
+        {"startup_timeout": float("inf")},
+        {"poll_interval": -0.5},
+        {"iopub_grace": float("nan")},
+        {"memory_limit": -1},
+    ],
+)
+def test_kernel_settings_must_be_finite_and_in_range(setting):
+    # A NaN timeout never expires: the deadline comparison is always false.
+    with pytest.raises(TraitError, match="Kernel"):
+        Kernel(**setting)
+
+
+def test_zero_grace_is_allowed():
+    kernel = Kernel(interrupt_grace=0, iopub_grace=0)
+    assert (kernel.interrupt_grace, kernel.iopub_grace) == (0.0, 0.0)

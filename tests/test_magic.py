@@ -309,7 +309,17 @@ def test_timeout_in_shared_mode_stops_loops_and_sleeps_and_keeps_variables(noteb
     "options, message",
     [
         ("--bogus", "UsageError: unrecognized arguments: --bogus"),
-        ("--max-steps 0", "UsageError: Limits.max_steps must be positive, got 0"),
+        ("--max-steps 0", "UsageError: argument --max-steps: expected a whole number, at least 1"),
+        (
+            f"--timeout nan --model {script('magic_shared.txt')}",
+            "UsageError: argument --timeout: expected a finite number of seconds above 0, "
+            "got 'nan'",
+        ),
+        (
+            f"--time-limit inf --model {script('magic_shared.txt')}",
+            "UsageError: argument --time-limit: expected a finite number of seconds above 0",
+        ),
+        (f"--max-tokens -1 --model {script('magic_shared.txt')}", "UsageError: argument --max-tok"),
         ("--show sideways", "UsageError: argument --show: invalid choice: 'sideways'"),
         ("--model nope:x", "UsageError: no sampler for model 'nope:x'"),
         ("--model scripted:/no/such/script.txt", "UsageError: cannot read the script"),
@@ -356,6 +366,11 @@ def test_reason_config_sets_defaults_for_later_cells(notebook, trace_file):
         assert last_trace(trace_file).model == script("magic_shared.txt")
         bad = notebook.run("%reason_config show=sideways")
         assert len(bad.outputs) == 1 and bad.outputs[0].text.startswith("UsageError: show=")
+        for setting in ("timeout=nan", "time_limit=inf", "timeout=0", "max_steps=0"):
+            bad = notebook.run(f"%reason_config {setting}")
+            assert len(bad.outputs) == 1, setting
+            assert bad.outputs[0].text.startswith(f"UsageError: {setting}: "), setting
+            assert bad.outputs[0].text.count("\n") == 1, setting
         listing = printed(notebook.run("%reason_config"))
         assert "show = 'answer'" in listing
     finally:

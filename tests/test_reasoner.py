@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -315,9 +316,21 @@ async def test_reasoner_owns_and_closes_its_kernel():
     assert trace.steps[0].output_text == "2"
 
 
-def test_bad_limits_are_a_clear_error():
-    with pytest.raises(ValueError, match="max_steps must be positive"):
-        Limits(max_steps=0)
+@pytest.mark.parametrize(
+    "limit, message",
+    [
+        ({"max_steps": 0}, "Limits.max_steps must be at least 1, got 0"),
+        ({"max_tokens": 2.5}, "Limits.max_tokens must be a whole number, got 2.5"),
+        ({"step_timeout": float("nan")}, "Limits.step_timeout must be a finite number of seconds"),
+        ({"time_limit": float("inf")}, "Limits.time_limit must be a finite number of seconds"),
+        ({"step_timeout": -1.0}, "above 0, got -1.0"),
+        ({"time_limit": 0}, "above 0, got 0"),
+    ],
+)
+def test_bad_limits_are_a_clear_error(limit, message):
+    # NaN passed the old `<= 0` check and removed the limit: a spinning block ran on.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Limits(**limit)
 
 
 async def test_a_kernel_passed_in_is_left_running(kernel):

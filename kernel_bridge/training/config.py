@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import types
@@ -110,6 +111,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check values that no type can express; raises ``ConfigError`` naming the key."""
+        for name, value in [
+            *((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)),
+            *((f"rewards.{k}", v) for k, v in self.rewards.items()),
+        ]:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}")
         positive = ("group_size", "prompts_per_step", "max_tokens", "max_code_steps", "steps")
         for name in (*positive, "micro_batch_size", "pool_size", "updates_per_batch"):
             if getattr(self, name) < 1:
