@@ -339,3 +339,157 @@ async def test_raw_reasoning_model_starts_inside_thinking_and_its_first_block_ru
     assert ("code", "x = 6 * 7\nprint(x)\n", 0) in spans
     assert think_text(events) == "Let me compute.\nSo it is 42.\n"
     assert "Let me compute." in screen
+
+
+# -- gguf:PATH: any local GGUF file ---------------------------------------------------------------
+
+GGUF_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+GGUF_MERGES = ["h e", "Ġ t", "i n"]
+# A thinking model's template (Qwen3-Thinking, R1 distills): the generation prompt opens <think>.
+GGUF_TEMPLATE = CHATML_TEMPLATE.replace("assistant\n{% endif %}", "assistant\n<think>\n{% endif %}")
+
+
+def write_tiny_gguf(path, architecture: str = "qwen2", tensors: bool = True, seed: int = 0):
+    """A tiny random model as a GGUF file, written the way llama.cpp's converter writes one
+    (float32 tensors, a byte-level BPE vocabulary, the chat template); returns its embedding."""
+    import gguf
+    import numpy as np
+    from tokenizers import pre_tokenizers
+
+    rng = np.random.default_rng(seed)
+    tokens = [
+        *sorted(pre_tokenizers.ByteLevel.alphabet()),
+        *(m.replace(" ", "") for m in GGUF_MERGES),
+        *GGUF_SPECIAL,
+    ]
+    hidden, ffn, heads, kv, layers = 32, 64, 4, 2, 2
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_name("tiny")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_block_count(layers)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    normal = len(tokens) - len(GGUF_SPECIAL)
+    writer.add_token_types(
+        [gguf.TokenType.NORMAL] * normal + [gguf.TokenType.CONTROL] * len(GGUF_SPECIAL)
+    )
+    writer.add_token_merges(GGUF_MERGES)
+    writer.add_bos_token_id(len(tokens) - 3)
+    writer.add_eos_token_id(len(tokens) - 1)
+    writer.add_chat_template(GGUF_TEMPLATE)
+    written = {}
+
+    def tensor(name, *shape):
+        written[name] = (rng.standard_normal(shape) * 0.2).astype(np.float32)
+        if tensors:
+            writer.add_tensor(name, written[name])
+
+    tensor("token_embd.weight", len(tokens), hidden)
+    for i in range(layers):
+        for name, shape in [
+            ("attn_norm.weight", (hidden,)),
+            ("attn_q.weight", (hidden, hidden)),
+            ("attn_q.bias", (hidden,)),
+            ("attn_k.weight", (kv * hidden // heads, hidden)),
+            ("attn_k.bias", (kv * hidden // heads,)),
+            ("attn_v.weight", (kv * hidden // heads, hidden)),
+            ("attn_v.bias", (kv * hidden // heads,)),
+            ("attn_output.weight", (hidden, hidden)),
+            ("ffn_norm.weight", (hidden,)),
+            ("ffn_gate.weight", (ffn, hidden)),
+            ("ffn_up.weight", (ffn, hidden)),
+            ("ffn_down.weight", (hidden, ffn)),
+        ]:
+            tensor(f"blk.{i}.{name}", *shape)
+    tensor("output_norm.weight", hidden)
+    tensor("output.weight", len(tokens), hidden)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return written["token_embd.weight"]
+
+
+@pytest.fixture
+def gguf_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KERNEL_BRIDGE_CACHE", str(cache))
+    return cache
+
+
+async def test_gguf_file_is_converted_once_and_generates_in_int8(tmp_path, gguf_cache, capfd):
+    import torch
+
+    from kernel_bridge.parsing import MARKDOWN, template_start_section
+    from kernel_bridge.samplers import make_sampler
+    from kernel_bridge.samplers.transformers import TransformersSampler
+
+    path = tmp_path / "tiny-thinker.gguf"
+    embedding = write_tiny_gguf(path)
+    sampler = make_sampler(f"gguf:{path}")
+    assert isinstance(sampler, TransformersSampler) and sampler.name == f"gguf:{path}"
+    assert "converting tiny-thinker.gguf once" in capfd.readouterr().err
+    model = sampler.model
+    linears = {type(m).__name__ for n, m in model.named_modules() if n.endswith("proj")}
+    assert linears == {"Int8Linear"}  # the embedded model's CPU path
+    got = model.get_input_embeddings().weight.float()
+    assert torch.allclose(got, torch.from_numpy(embedding), atol=1e-2)  # the file's own weights
+    (converted,) = set((gguf_cache / "gguf").iterdir()) - {gguf_cache / "gguf" / "sha256.json"}
+    assert len(converted.name) == 64  # keyed by the file's sha256
+    # The template came along: its generation prompt opens <think>, so the turn starts in it.
+    assert template_start_section(sampler.tokenizer, QUESTION, MARKDOWN) == "think"
+    request = SampleRequest(QUESTION, max_tokens=8)
+    first = [d async for d in sampler.stream(request)]
+    assert sum(len(d.token_ids or []) for d in first) == 8  # random weights: never ends early
+    # A second load reads the conversion: no notice, the same greedy tokens.
+    again = make_sampler(f"gguf:{path}")
+    assert "converting" not in capfd.readouterr().err
+    second = [d async for d in again.stream(request)]
+    assert [d.token_ids for d in second] == [d.token_ids for d in first]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"GGUF" + bytes(range(256)) * 4, "a damaged GGUF file, its header does not read"),
+        (b"<!DOCTYPE html><html>Not found</html>", "not a GGUF file (it starts with b'<!DO'"),
+        (b"", "not a GGUF file"),
+    ],
+)
+def test_corrupt_or_foreign_file_is_one_clear_line(tmp_path, gguf_cache, content, message):
+    from kernel_bridge.gguf import GGUFError
+    from kernel_bridge.samplers import make_sampler
+
+    path = tmp_path / "model.gguf"
+    path.write_bytes(content)
+    with pytest.raises(GGUFError) as info:
+        make_sampler(f"gguf:{path}")
+    text = str(info.value)
+    assert message in text and "\n" not in text and str(path) in text
+
+
+def test_architecture_transformers_cannot_load_is_one_clear_line(tmp_path, gguf_cache):
+    from kernel_bridge.gguf import GGUFError
+    from kernel_bridge.samplers import make_sampler
+
+    path = tmp_path / "deepseek-v3.gguf"
+    write_tiny_gguf(path, architecture="deepseek2", tensors=False)
+    with pytest.raises(GGUFError, match="cannot load the GGUF architecture 'deepseek2'") as info:
+        make_sampler(f"gguf:{path}")
+    assert "\n" not in str(info.value) and "qwen2" in str(info.value)  # what it can load
+
+
+def test_missing_gguf_file_says_so(tmp_path):
+    from kernel_bridge.gguf import GGUFError
+    from kernel_bridge.samplers import make_sampler
+
+    with pytest.raises(GGUFError, match="no such file"):
+        make_sampler(f"gguf:{tmp_path / 'nothing.gguf'}")

@@ -110,8 +110,8 @@ def make_sampler(model: str | None = None) -> Sampler:
 
     ``local`` (the embedded Qwen2.5-Coder-0.5B with the shipped GRPO adapter), ``local-base``
     (without it), ``local:PATH`` (with the LoRA adapter or training run at PATH),
-    ``hf:ID_OR_PATH`` (transformers), ``scripted:PATH`` (a stand-in that replays an assistant
-    script), ``vllm:URL[#MODEL]`` (a running ``vllm serve``
+    ``hf:ID_OR_PATH`` (transformers), ``gguf:PATH`` (a local GGUF file), ``scripted:PATH``
+    (a stand-in that replays an assistant script), ``vllm:URL[#MODEL]`` (a running ``vllm serve``
     through ``/v1/completions`` with token ids, e.g. ``vllm:http://127.0.0.1:8000/v1``),
     ``PROVIDER/MODEL`` (an API model through LiteLLM: ``openai/gpt-4o``, ``anthropic/…``,
     ``hosted_vllm/…``, ``ollama_chat/…``; keys and bases from the provider's environment
@@ -130,6 +130,10 @@ def make_sampler(model: str | None = None) -> Sampler:
         from kernel_bridge.samplers.transformers import TransformersSampler
 
         return TransformersSampler.from_pretrained(model.removeprefix("hf:"))
+    if model.startswith("gguf:"):
+        from kernel_bridge.gguf import gguf_sampler
+
+        return gguf_sampler(model.removeprefix("gguf:"))
     if model.startswith("vllm:"):
         from kernel_bridge.samplers.vllm import VLLMServerSampler, parse_model_string
 
@@ -142,7 +146,8 @@ def make_sampler(model: str | None = None) -> Sampler:
     raise ModelSpecError(
         f"no sampler for model {model!r}: use 'local' (the embedded model; 'local-base' without "
         "its trained adapter, 'local:PATH' with yours), 'hf:ID_OR_PATH' "
-        "(a transformers model), 'scripted:PATH' (replays an assistant script), "
+        "(a transformers model), 'gguf:PATH' (a local GGUF file), "
+        "'scripted:PATH' (replays an assistant script), "
         "'vllm:http://HOST:PORT/v1[#MODEL]' (a running vllm serve) or "
         "'PROVIDER/MODEL' (an API model through LiteLLM, e.g. 'openai/gpt-4o'; needs "
         'pip install "kernel-bridge[api]")'
