@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -254,7 +255,13 @@ def _load(path: Path, trace_id: str | None) -> list[Any]:
 
     if not path.exists():
         raise UsageError(f"no trace file at {path}")
-    traces = load_traces(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not a trace file")
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always")
+        traces = load_traces(path)
+    for warning in skipped:  # corrupt or partial lines: the rest of the file is still read
+        print(f"kernel-bridge: warning: {warning.message}", file=sys.stderr)
     if trace_id is not None:
         traces = [t for t in traces if t.id == trace_id]
         if not traces:

@@ -69,6 +69,11 @@ class PartialLineWarning(UserWarning):
     """A trace file ended in a line cut short by a crash mid-write; it was skipped or removed."""
 
 
+class CorruptLineWarning(UserWarning):
+    """A line of a trace file (or a checkpoint) is not a valid trace; it was skipped, the rest
+    was read. The message names the file, the line and what is wrong."""
+
+
 def _require(data: Any, keys: Sequence[str], where: str) -> None:
     if not isinstance(data, Mapping):
         raise TraceFormatError(f"{where}: expected a JSON object, got {type(data).__name__}")
@@ -585,6 +590,7 @@ class TraceStore:
         """Every trace: the file's lines (latest version of each id), then orphaned checkpoints.
 
         A checkpoint with no line is a run that never finished; it is reported as ``interrupted``.
+        A line that is not a valid trace is skipped with a ``CorruptLineWarning`` naming it.
         """
         traces: dict[str, Trace] = {}
         for trace in self._read_lines():
@@ -617,9 +623,8 @@ class TraceStore:
                     data = json.loads(raw)
                 except ValueError as error:
                     if raw.endswith(b"\n"):
-                        raise TraceFormatError(
-                            f"{self.path}, line {number}: not valid JSON ({error})"
-                        ) from None
+                        _skip(f"{self.path}, line {number}", f"not valid JSON ({error})")
+                        continue
                     warnings.warn(
                         f"{self.path}, line {number}: skipped a partial last line "
                         f"({len(raw)} bytes) left by an interrupted write",
@@ -630,7 +635,8 @@ class TraceStore:
                 try:
                     trace = Trace.from_dict(data)
                 except TraceFormatError as error:
-                    raise TraceFormatError(f"{self.path}, line {number}: {error}") from None
+                    _skip(f"{self.path}, line {number}", str(error))
+                    continue
                 yield trace
 
     def _read_checkpoints(self) -> list[Trace]:
@@ -643,7 +649,8 @@ class TraceStore:
             try:
                 trace = Trace.from_json(text)
             except TraceFormatError as error:
-                raise TraceFormatError(f"{path}: {error}") from None
+                _skip(str(path), str(error))
+                continue
             if trace.finish_reason is None:
                 trace.finish_reason = "interrupted"
             traces.append(trace)
@@ -672,6 +679,10 @@ class TraceStore:
             stacklevel=3,
         )
         return b""
+
+
+def _skip(where: str, problem: str) -> None:
+    warnings.warn(f"{where}: skipped, {problem}", CorruptLineWarning, stacklevel=5)
 
 
 def _start_of_last_line(fd: int, size: int) -> int:

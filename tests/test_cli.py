@@ -144,3 +144,32 @@ def test_numeric_options_must_be_finite_and_in_range(tmp_path, capsys, monkeypat
         assert lines[0].startswith(f"kernel-bridge: error: argument {option}: expected a"), lines
         assert repr(value) in lines[0]
     assert not (tmp_path / "traces.jsonl").exists()
+
+
+def test_show_and_export_skip_a_corrupt_line_and_name_it(tmp_path):
+    trace_file = tmp_path / "run.jsonl"
+    for question in ("first", "second"):
+        run = cli(
+            "reason",
+            question,
+            "--model",
+            f"scripted:{SCRIPT}",
+            "--trace",
+            str(trace_file),
+            home=tmp_path,
+        )
+        assert run.returncode == 0, run.stderr
+    lines = trace_file.read_text().splitlines(keepends=True)
+    trace_file.write_text(lines[0] + '{"format_version": 1, "id": "half\n' + lines[1])
+    shown = cli("traces", "show", str(trace_file), "--no-color", home=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    (warning,) = shown.stderr.splitlines()
+    assert warning.startswith(
+        f"kernel-bridge: warning: {trace_file}, line 2: skipped, not valid JSON ("
+    )
+    assert "first" in shown.stdout and "second" in shown.stdout
+    nb_path = tmp_path / "second.ipynb"
+    exported = cli("export", str(trace_file), "--to", str(nb_path), home=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert "line 2: skipped" in exported.stderr
+    assert "**Question:** second" in nbformat.read(nb_path, as_version=4).cells[0].source

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kernel_bridge.trace import (
+    CorruptLineWarning,
     PartialLineWarning,
     Segment,
     Span,
@@ -514,23 +515,38 @@ def test_complete_last_line_without_newline_is_kept(tmp_path: Path) -> None:
     assert store.load() == [edited, later]
 
 
-def test_malformed_line_in_the_middle_names_file_and_line(tmp_path: Path) -> None:
+def test_a_malformed_line_in_the_middle_is_skipped_with_a_warning_naming_file_and_line(
+    tmp_path: Path,
+) -> None:
     store = TraceStore(tmp_path / "traces.jsonl")
-    store.append(realistic_trace())
+    first, last = realistic_trace(), realistic_trace()
+    store.append(first)
     with store.path.open("ab") as file:
         file.write(b"{not json}\n")
-    store.append(realistic_trace())
-    with pytest.raises(TraceFormatError, match=r"traces\.jsonl, line 2: not valid JSON"):
-        store.load()
+    store.append(last)
+    with pytest.warns(CorruptLineWarning, match=r"traces\.jsonl, line 2: skipped, not valid JSON"):
+        assert store.load() == [first, last]
 
 
-def test_invalid_trace_in_a_line_names_file_line_and_key(tmp_path: Path) -> None:
+def test_an_invalid_trace_in_a_line_is_skipped_naming_file_line_and_key(tmp_path: Path) -> None:
     store = TraceStore(tmp_path / "traces.jsonl")
     data = realistic_trace().to_dict()
     del data["steps"][0]["code"]
-    store.path.write_text(json.dumps(data) + "\n")
-    with pytest.raises(TraceFormatError, match=r"line 1: steps\[0\]: missing required key 'code'"):
-        store.load()
+    kept = realistic_trace()
+    store.path.write_text(json.dumps(data) + "\n" + kept.to_json() + "\n")
+    with pytest.warns(
+        CorruptLineWarning, match=r"line 1: skipped, steps\[0\]: missing required key 'code'"
+    ):
+        assert store.load() == [kept]
+
+
+def test_a_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path / "traces.jsonl")
+    kept = running_trace()
+    store.checkpoint(kept)
+    (store.checkpoint_dir / "broken.json").write_text('{"format_version": 1, "id"')
+    with pytest.warns(CorruptLineWarning, match=r"broken\.json: skipped, not valid JSON"):
+        assert [trace.id for trace in store.load()] == [kept.id]
 
 
 def test_interrupted_run_is_recovered_from_checkpoint(tmp_path: Path) -> None:
