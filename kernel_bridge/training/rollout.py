@@ -112,15 +112,24 @@ def task_tools(task: Task) -> Any:
 
 
 async def rollout(
-    sampler: Sampler, pool: KernelPool, task: Task, settings: RolloutSettings
+    sampler: Sampler,
+    pool: KernelPool,
+    task: Task | None,
+    settings: RolloutSettings,
+    question: str | list[dict[str, Any]] | None = None,
 ) -> Trace:
-    """Run ``task.question`` once through a ``Reasoner`` with a fresh kernel; return the trace.
+    """Run ``question`` (default ``task.question``) once through a ``Reasoner`` with a fresh
+    kernel; return the trace.
 
     A task with tools takes its kernel at once (the tools are installed before the first block);
     one without takes it only if the model writes a block.
     """
+    if question is None:
+        if task is None:
+            raise ValueError("a rollout needs a task or a question")
+        question = task.question
     options = prompt_options(settings.system_prompt)
-    tools = task_tools(task)
+    tools = task_tools(task) if task is not None else None
     if tools is not None:
         async with pool.acquire() as kernel:
             reasoner = Reasoner(
@@ -131,13 +140,13 @@ async def rollout(
                 tools=tools,
                 **options,
             )
-            return await reasoner.run(task.question)
+            return await reasoner.run(question)
     lazy = PoolKernel(pool)
     try:
         reasoner = Reasoner(
             sampler, lazy, profile=settings.profile, limits=settings.limits, **options
         )
-        return await reasoner.run(task.question)
+        return await reasoner.run(question)
     finally:
         await lazy.close()
 
