@@ -21,6 +21,7 @@ from typing import Any
 
 from kernel_bridge.embedded import (
     _dequantized,
+    _floating_dtype,
     _int8_weights,
     _progress_bars_off,
     _shared_gguf_reader,
@@ -68,20 +69,21 @@ def load_gguf(
     target = converted_dir(source, cache_dir)
     cuda = torch.cuda.is_available()
     dtype = dtype or ("bfloat16" if cuda else "int8")
+    torch_dtype = torch.bfloat16 if dtype == "int8" else _floating_dtype(dtype)
     with _progress_bars_off():
         if not _is_converted(target):
-            architecture(source)  # a clear error before transformers' own
-            print(
-                f"kernel-bridge: converting {source.name} once into {target} "
-                "(later loads read the conversion)",
-                file=sys.stderr,
-                flush=True,
-            )
-            _convert(source, target)
+            with _shared_gguf_reader():  # the header is parsed once for all that read it
+                architecture(source)  # a clear error before transformers' own
+                print(
+                    f"kernel-bridge: converting {source.name} once into {target} "
+                    "(later loads read the conversion)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                _convert(source, target)
         tokenizer = AutoTokenizer.from_pretrained(target)
-        model = AutoModelForCausalLM.from_pretrained(
-            target, dtype=torch.bfloat16 if dtype == "int8" else getattr(torch, dtype)
-        )
+        # int8 starts from the bfloat16 files: loading in their dtype maps them, no copy
+        model: Any = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype)
     if dtype == "int8":
         _use_int8_linears(model, target / _INT8)
         model.float()  # embeddings and norms; the int8 kernel takes float32 input

@@ -428,6 +428,7 @@ def gguf_cache(tmp_path, monkeypatch):
 async def test_gguf_file_is_converted_once_and_generates_in_int8(tmp_path, gguf_cache, capfd):
     import torch
 
+    from kernel_bridge.gguf import load_gguf
     from kernel_bridge.parsing import MARKDOWN, template_start_section
     from kernel_bridge.samplers import make_sampler
     from kernel_bridge.samplers.transformers import TransformersSampler
@@ -454,6 +455,9 @@ async def test_gguf_file_is_converted_once_and_generates_in_int8(tmp_path, gguf_
     assert "converting" not in capfd.readouterr().err
     second = [d async for d in again.stream(request)]
     assert [d.token_ids for d in second] == [d.token_ids for d in first]
+    # bfloat16 (a GPU's default) from the same conversion: plain linear layers.
+    plain, _ = load_gguf(path, dtype="bfloat16")
+    assert plain.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize(
