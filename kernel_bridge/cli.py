@@ -193,8 +193,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str) -> int:
-    print(f"kernel-bridge: error: {message}", file=sys.stderr)
+    _say("error", message)
     return 2
+
+
+def _say(kind: str, message: str) -> None:
+    """One line on stderr, control characters made visible (messages may quote model text)."""
+    from kernel_bridge.render import visible
+
+    print(f"kernel-bridge: {kind}: {visible(message)}", file=sys.stderr)
 
 
 # -- reason -----------------------------------------------------------------------------------
@@ -261,7 +268,7 @@ def _load(path: Path, trace_id: str | None) -> list[Any]:
         warnings.simplefilter("always")
         traces = load_traces(path)
     for warning in skipped:  # corrupt or partial lines: the rest of the file is still read
-        print(f"kernel-bridge: warning: {warning.message}", file=sys.stderr)
+        _say("warning", str(warning.message))
     if trace_id is not None:
         traces = [t for t in traces if t.id == trace_id]
         if not traces:

@@ -21,6 +21,21 @@ from kernel_bridge.reasoner import RunFinished, RunStarted, StepFinished, StepOu
 from kernel_bridge.trace import Trace
 
 _SECTION_STYLE = {"think": "dim italic", "text": "", "answer": "bold"}
+
+# Control characters (C0 but newline and tab, DEL, C1) and bidirectional overrides, as escapes:
+# model text and kernel output must not set the window title, clear the screen or write the
+# clipboard of the terminal that shows them.
+_VISIBLE = {
+    code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)
+} | {code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def visible(text: str) -> str:
+    """``text`` safe for a terminal: control characters shown as ``\\x1b``-style escapes, never
+    passed through; newlines and tabs kept (and ``\\r\\n`` read as a newline)."""
+    return text.replace("\r\n", "\n").translate(_VISIBLE)
+
+
 _STATUS_STYLE = {"ok": "green", "error": "red", "timeout": "yellow", "died": "red bold"}
 
 
@@ -39,7 +54,7 @@ class TerminalRenderer:
 
     def _write(self, text: str, style: str = "") -> None:
         if text:
-            self.console.print(Text(text, style=style), end="")
+            self.console.print(Text(visible(text), style=style), end="")
             self._at_line_start = text.endswith("\n")
 
     def _newline(self) -> None:
@@ -49,7 +64,8 @@ class TerminalRenderer:
 
     def handle(self, event: Any) -> None:
         if isinstance(event, RunStarted):
-            self.console.rule(Text(event.trace.question or "", style="bold"), align="left")
+            question = visible(event.trace.question or "")
+            self.console.rule(Text(question, style="bold"), align="left")
         elif isinstance(event, TextDelta):
             self._write(event.raw, _SECTION_STYLE[event.section])
         elif isinstance(event, CodeStart):
@@ -103,7 +119,10 @@ class TerminalRenderer:
         if trace.answer:
             self.console.print(
                 Panel(
-                    Markdown(trace.answer), title="answer", title_align="left", border_style="green"
+                    Markdown(visible(trace.answer)),
+                    title="answer",
+                    title_align="left",
+                    border_style="green",
                 )
             )
         detail = f"{trace.finish_reason}"
@@ -117,16 +136,17 @@ class TerminalRenderer:
 
     def note(self, text: str) -> None:
         self._newline()
-        self.console.print(Text(text, style="dim"))
+        self.console.print(Text(visible(text), style="dim"))
 
     def close(self) -> None:
         self._stop_spinner()
 
     def show_trace(self, trace: Trace) -> None:
         """Print a saved trace: its thinking, code, outputs and answer, from its spans."""
-        self.console.rule(Text(f"{trace.id} · {trace.model} · {trace.created}", style="dim"))
+        title = visible(f"{trace.id} · {trace.model} · {trace.created}")
+        self.console.rule(Text(title, style="dim"))
         if trace.question:
-            self.console.print(Text(trace.question, style="bold"))
+            self.console.print(Text(visible(trace.question), style="bold"))
         for segment in trace.segments:
             if segment.kind == "tool" or not segment.spans:
                 if segment.kind == "model":
@@ -136,7 +156,8 @@ class TerminalRenderer:
                 text = segment.text[span.start : span.end]
                 if span.kind == "code":
                     self._newline()
-                    self.console.print(Syntax(text.rstrip("\n"), "python", theme="ansi_dark"))
+                    code = visible(text.rstrip("\n"))
+                    self.console.print(Syntax(code, "python", theme="ansi_dark"))
                     self._at_line_start = True
                     if span.step is not None and span.step < len(trace.steps):
                         step = trace.steps[span.step]

@@ -173,3 +173,35 @@ def test_show_and_export_skip_a_corrupt_line_and_name_it(tmp_path):
     assert exported.returncode == 0, exported.stderr
     assert "line 2: skipped" in exported.stderr
     assert "**Question:** second" in nbformat.read(nb_path, as_version=4).cells[0].source
+
+
+def test_control_characters_from_the_model_and_its_code_never_reach_the_terminal(tmp_path):
+    title, clear, clipboard = "\x1b]0;pwned\x07", "\x1b[2J", "\x1b]52;c;aGk=\x07"
+    script = tmp_path / "hostile.txt"
+    script.write_text(
+        f"<think>\nSet the title{title} and tab\there.\n```python\n"
+        f"print({clipboard!r} + 'copied\\x9b')\n```\nDone{clear}.\n</think>\n"
+        f"<answer>Answer{clear} with\ttab</answer>\n"
+    )
+    trace_file = tmp_path / "run.jsonl"
+    live = cli(
+        "reason",
+        f"Question{title}",
+        "--model",
+        f"scripted:{script}",
+        "--trace",
+        str(trace_file),
+        home=tmp_path,
+    )
+    assert live.returncode == 0, live.stderr
+    shown = cli("traces", "show", str(trace_file), "--no-color", home=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    for out in (live.stdout, shown.stdout):
+        assert not set(out) & {"\x1b", "\x07", "\x9b"}, repr(out)
+        assert "Question\\x1b]0;pwned\\x07" in out
+        assert "copied\\x9b" in out and "\\x1b]52;c;aGk=" in out
+        assert "Answer\\x1b[2J" in out
+        assert "with\\x09tab" not in out  # tabs and newlines are kept as they are
+    assert "Set the title\\x1b]0;pwned\\x07 and tab" in live.stdout
+    # the trace keeps exactly what happened; only the terminal view escapes it
+    assert load_traces(trace_file)[0].steps[0].output_text == clipboard + "copied\x9b"
