@@ -302,14 +302,19 @@ def test_trl_policy_samples_through_the_kernel_bridge_sampler(tmp_path):
     assert losses and all(math.isfinite(v) for v in losses)
 
 
-def test_completions_of_an_empty_run_get_one_masked_token():
+def test_an_empty_run_gets_one_end_of_turn_token_masked_unless_the_model_chose_it():
     _, tokenizer = tiny_policy()
-    trace = Trace(model="m", sampler={"name": "s"}, messages=[{"role": "user", "content": "q"}])
-    trace.finish_reason = "error"
-    out = completions([trace], tokenizer)
-    assert out["completion_ids"] == [[tokenizer.eos_token_id]]
-    assert out["env_mask"] == [[0]] and out["logprobs"] == [[0.0]]
-    prompt = tokenizer.apply_chat_template(trace.messages, add_generation_prompt=True)
+    eos = tokenizer.eos_token_id
+    failed, stopped = (
+        Trace(model="m", sampler={"name": "s"}, messages=[{"role": "user", "content": "q"}])
+        for _ in range(2)
+    )
+    failed.finish_reason, stopped.finish_reason = "error", "answer"
+    out = completions([failed, stopped], tokenizer)
+    assert out["completion_ids"] == [[eos], [eos]]
+    assert out["env_mask"] == [[0], [1]]  # the model's own end of turn is trained on
+    assert out["logprobs"][0] == [0.0] and math.isnan(out["logprobs"][1][0])
+    prompt = tokenizer.apply_chat_template(failed.messages, add_generation_prompt=True)
     assert out["prompt_ids"][0] == prompt["input_ids"]
 
 
@@ -324,6 +329,25 @@ def test_a_dataset_column_the_traces_would_overwrite_is_refused():
     with rollouts, pytest.raises(ValueError, match=r"\['answer'\].*rename"):
         rollouts(["[ok] What is 6 * 7?"], trainer)
     assert "answer" in TRACE_FIELDS
+
+
+@pytest.mark.parametrize(
+    "sampler, use_vllm, message",
+    [
+        ("vllm:http://127.0.0.1:9/v1", False, "only TRL's server mode updates"),
+        ("openai/gpt-4o", False, "samples from the policy TRL trains"),
+    ],
+)
+def test_a_sampler_that_is_not_the_policy_is_refused(sampler, use_vllm, message):
+    _, tokenizer = tiny_policy()
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(max_completion_length=16, use_vllm=use_vllm, vllm_mode="server"),
+        processing_class=tokenizer,
+        train_dataset=None,
+    )
+    rollouts = KernelRollouts(sampler)
+    with rollouts, pytest.raises(ValueError, match=message):
+        rollouts(["[ok] What is 6 * 7?"], trainer)
 
 
 TOKEN = "trl-test-token"

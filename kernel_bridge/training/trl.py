@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 
 from kernel_bridge.kernel import KernelPool, LoopThread
 from kernel_bridge.reasoner import Limits
-from kernel_bridge.samplers import Sampler, make_sampler
+from kernel_bridge.samplers import Sampler
 from kernel_bridge.trace import Trace, TraceStore
 from kernel_bridge.training.rewards import RewardFn, Rewards, as_rewards
 from kernel_bridge.training.rollout import RolloutSettings, rollout
@@ -48,15 +49,15 @@ class KernelRollouts:
     """TRL's ``rollout_func``: every prompt it gets runs once through the ``Reasoner``.
 
     ``sampler`` is what generates: ``"batched"`` (default) or ``"transformers"`` sample from the
-    trainer's own model (the weights TRL trains; the KV cache is dropped before each call), any
-    other string is a kernel-bridge model string (``"vllm:http://HOST:8000/v1"``: the vLLM server
-    TRL's server mode keeps in sync), or pass a ``Sampler``. A prompt whose question (its last
-    user message) is one of ``tasks``' gets that task's tools in its kernel, and the task goes
-    to the reward functions (``correct`` needs it). ``settings`` defaults to
-    ``Limits(max_tokens=max_completion_length)``, the default system prompt and all rollouts at
-    once. ``pool_size`` warm kernels; ``kernel_options`` go to every ``Kernel`` (``url`` and
-    ``token`` for a Kernel Gateway, ``memory_limit``, …). ``traces`` appends every trace to a
-    ``.jsonl`` file.
+    trainer's own model (the weights TRL trains; the KV cache is dropped before each call);
+    ``"vllm:http://HOST:8000/v1"`` samples on the vLLM server that TRL's server mode keeps in
+    sync with the policy, at TRL's temperature and top-p; or pass any ``Sampler``. A prompt
+    whose question (its last user message) is one of ``tasks``' gets that task's tools in its
+    kernel, and the task goes to the reward functions (``correct`` needs it). ``settings``
+    defaults to ``Limits(max_tokens=max_completion_length)``, the default system prompt and all
+    rollouts at once. ``pool_size`` warm kernels; ``kernel_options`` go to every ``Kernel``
+    (``url`` and ``token`` for a Kernel Gateway, ``memory_limit``, …). ``traces`` appends
+    every trace to a ``.jsonl`` file.
     """
 
     def __init__(
@@ -159,14 +160,19 @@ class KernelRollouts:
         self._loop = LoopThread()
 
     def _make_sampler(self, trainer: Any) -> Sampler:
-        spec = self.sampler_spec
+        spec, args = self.sampler_spec, trainer.args
         assert isinstance(spec, str) and self.settings is not None
+        if spec.startswith("vllm:"):
+            return _vllm_server_sampler(spec, args, self.settings.limits.max_tokens)
         if spec not in POLICY_SAMPLERS:
-            return make_sampler(spec)
+            raise ValueError(
+                f"KernelRollouts samples from the policy TRL trains: sampler must be 'batched' or "
+                f"'transformers' (the trainer's model), 'vllm:http://HOST:PORT/v1' (TRL's vLLM "
+                f"server), or a Sampler; got {spec!r}"
+            )
         from kernel_bridge.samplers.batched import BatchedSampler
         from kernel_bridge.samplers.transformers import GenerationConfig, TransformersSampler
 
-        args = trainer.args
         config = GenerationConfig(
             temperature=args.temperature,
             top_p=args.top_p,
@@ -208,9 +214,9 @@ def completions(
     The ids are ``Trace.training_view``'s (a run that ended with an answer gets its end-of-turn
     token, as in kernel-bridge's own trainer), cut to ``max_completion_length``. ``logprobs``
     are the sampler's: 0.0 on tool tokens (TRL's convention; they are masked), NaN on a model
-    token without a recorded value (TRL then applies no correction there). A run that produced
-    nothing (a sampler that failed at once) gets one masked end-of-turn token: TRL needs a
-    non-empty completion.
+    token without a recorded value (TRL then applies no correction there). A run with no text
+    gets one end-of-turn token, as TRL needs a non-empty completion: a model token when the
+    model ended its turn at once, masked when something else ended the run (a sampler error).
     """
     out: dict[str, list[Any]] = {"prompt_ids": [], "completion_ids": [], "logprobs": []}
     out["env_mask"] = []
@@ -220,9 +226,10 @@ def completions(
         if max_completion_length is not None:
             ids, mask = ids[:max_completion_length], mask[:max_completion_length]
             recorded = recorded[:max_completion_length]
-        if not ids:
+        if not ids:  # TRL needs a token: the end of turn, the model's own if it chose to stop
             eos = tokenizer.eos_token_id
-            ids, mask, recorded = [eos if eos is not None else tokenizer.pad_token_id], [0], [0.0]
+            ids = [eos if eos is not None else tokenizer.pad_token_id]
+            mask, recorded = ([1], [math.nan]) if trace.finish_reason == "answer" else ([0], [0.0])
         logprobs = [lp if m else 0.0 for lp, m in zip(recorded, mask, strict=True)]
         out["prompt_ids"].append(list(example.prompt_ids))
         out["completion_ids"].append(list(ids))
@@ -271,6 +278,23 @@ def task_dataset(tasks: Iterable[Task], *, conversational: bool = False) -> Any:
         for t in tasks
     ]
     return Dataset.from_list(rows)
+
+
+def _vllm_server_sampler(spec: str, args: Any, max_tokens: int) -> Sampler:
+    """A ``VLLMServerSampler`` on the server TRL's server mode keeps in sync with the policy,
+    sampling as TRL would (its temperature and top-p)."""
+    if not (getattr(args, "use_vllm", False) and getattr(args, "vllm_mode", None) == "server"):
+        raise ValueError(
+            f"sampler {spec!r} generates on a vLLM server whose weights only TRL's server mode "
+            "updates: set GRPOConfig(use_vllm=True, vllm_mode='server', "
+            "vllm_server_base_url='http://HOST:PORT') for the same server"
+        )
+    from kernel_bridge.samplers.vllm import VLLMServerSampler, parse_model_string
+
+    url, served = parse_model_string(spec)
+    return VLLMServerSampler.connect(
+        url, served, temperature=args.temperature, top_p=args.top_p, max_tokens=max_tokens
+    )
 
 
 def _question(prompt: Prompt) -> str:
