@@ -739,5 +739,121 @@ def main() -> int:
     return 0
 
 
+def trl_vs_own_trainer(steps: int = 6) -> dict[str, Any]:
+    """``python benchmarks/train.py --trl``: rollouts per minute through TRL's GRPOTrainer (with
+    ``KernelRollouts``) vs kernel-bridge's own ``Trainer``, in one run, on the same tiny random
+    Qwen2, built-in tier-1 tasks, G = 4, 2 prompts per step, float32 on CPU, no gradient
+    checkpointing. Two kinds of rollout: the tiny policy sampling (``BatchedSampler``; it writes
+    no code) and a scripted stand-in answering with two code blocks (``ROLLOUT_SCRIPT``, so the
+    kernels work). Rewards: correct, format, tool_errors and a synthetic term that differs
+    between completions (from the trace id), so both trainers run the whole update every step.
+    ``steps`` measured steps each, after one warm-up step (kernels, first pass); a TRL step runs
+    from one rollout_func call to the next. Prints a markdown table."""
+    import tempfile
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl import GRPOConfig, GRPOTrainer
+
+    from kernel_bridge.reasoner import Limits
+    from kernel_bridge.samplers.scripted import ScriptedSampler
+    from kernel_bridge.training.config import TrainConfig
+    from kernel_bridge.training.policy import tiny_policy
+    from kernel_bridge.training.rollout import RolloutSettings
+    from kernel_bridge.training.tasks import builtin_tasks, split_tasks
+    from kernel_bridge.training.trainer import Trainer
+    from kernel_bridge.training.trl import KernelRollouts, reward_funcs, task_dataset
+
+    group, prompts, per_step = 4, 2, 8
+    tasks, _ = split_tasks(builtin_tasks([1]))
+
+    def spread(trace: Any, task: Any) -> float:
+        return int(trace.id, 16) % 7 / 7
+
+    rewards = {"correct": 1.0, "format": 0.1, "tool_errors": 0.1, spread: 1.0}
+    kinds = {"tiny policy, no code": 48, "scripted, 2 code blocks": 400}  # max_tokens of each
+    rows: list[dict[str, Any]] = []
+    now: dict[str, Any] = {}  # the TRL run in progress: its rollout_func and call times
+
+    async def own(config: TrainConfig, scripted: bool) -> list[dict[str, Any]]:
+        model, tokenizer = tiny_policy(seed=0)
+        async with Trainer(config, model=model, tokenizer=tokenizer, reward=rewards) as trainer:
+            if scripted:
+                trainer.sampler = ScriptedSampler(ROLLOUT_SCRIPT)
+                trainer.sampler.reset_cache = lambda: None  # nothing cached
+            return [await trainer.train_step() for _ in range(steps + 1)][1:]
+
+    def timed(batch: Any, trainer: Any) -> dict[str, Any]:
+        begin = time.perf_counter()
+        out = now["rollouts"](batch, trainer)
+        now["calls"].append((begin, time.perf_counter()))
+        return out
+
+    for kind, max_tokens in kinds.items():
+        scripted = kind.startswith("scripted")
+        with tempfile.TemporaryDirectory() as tmp:
+            config = TrainConfig(
+                model="tiny", device="cpu", dtype="float32", tiers=[1], group_size=group,
+                prompts_per_step=prompts, max_tokens=max_tokens, system_prompt="none",
+                learning_rate=1e-5, micro_batch_size=per_step, out_dir=tmp, save_rollouts=False,
+                report_to=[], progress=False,
+            )  # fmt: skip
+            metrics = asyncio.run(own(config, scripted))
+            rows.append({
+                "kind": kind, "trainer": "kernel-bridge Trainer",
+                "step_s": sum(m["step_s"] for m in metrics),
+                "rollout_s": sum(m["rollout_s"] for m in metrics),
+            })  # fmt: skip
+
+            settings = RolloutSettings(
+                limits=Limits(max_steps=config.max_code_steps, max_tokens=max_tokens,
+                              step_timeout=config.step_timeout,
+                              time_limit=config.rollout_time_limit),
+                system_prompt="none",
+            )  # fmt: skip
+            sampler = ScriptedSampler(ROLLOUT_SCRIPT) if scripted else "batched"
+            now.update(
+                rollouts=KernelRollouts(sampler, tasks=tasks, settings=settings, pool_size=4),
+                calls=[],
+            )
+            args = GRPOConfig(
+                output_dir=tmp, max_steps=steps + 1, num_generations=group,
+                per_device_train_batch_size=per_step, max_completion_length=max_tokens + 512,
+                learning_rate=1e-5, bf16=False, use_cpu=True, gradient_checkpointing=False,
+                logging_steps=1, save_strategy="no", report_to="none", seed=0,
+                disable_tqdm=True,
+            )  # fmt: skip
+            model, tokenizer = tiny_policy(seed=0)
+            trainer = GRPOTrainer(
+                model, reward_funcs=reward_funcs(rewards), args=args,
+                train_dataset=task_dataset(tasks), processing_class=tokenizer,
+                rollout_func=timed,
+            )  # fmt: skip
+            with now["rollouts"]:
+                trainer.train()
+            end = time.perf_counter()
+            calls = now["calls"][1:]
+            rows.append({
+                "kind": kind, "trainer": "TRL GRPOTrainer + KernelRollouts",
+                "step_s": end - calls[0][0], "rollout_s": sum(b - a for a, b in calls),
+            })  # fmt: skip
+    n = steps * per_step
+    print(f"\n## TRL vs kernel-bridge's trainer ({steps} steps of {per_step} rollouts each)\n")
+    print("| rollouts | trainer | rollouts/min (whole step) | rollouts/min (rollout phase) "
+          "| s/step | whole step vs own |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|")
+    for row in rows:
+        base = next(r for r in rows if r["kind"] == row["kind"])
+        row["per_min"] = 60 * n / row["step_s"]
+        row["rollout_per_min"] = 60 * n / row["rollout_s"]
+        row["vs_own"] = base["step_s"] / row["step_s"]
+        print(f"| {row['kind']} | {row['trainer']} | {row['per_min']:.0f} | "
+              f"{row['rollout_per_min']:.0f} | {row['step_s'] / steps:.2f} | "
+              f"{row['vs_own']:.2f}× |")  # fmt: skip
+    return {"steps": steps, "rollouts_per_step": per_step, "rows": rows}
+
+
 if __name__ == "__main__":
+    if "--trl" in sys.argv[1:]:
+        trl_vs_own_trainer()
+        sys.exit(0)
     sys.exit(main())
