@@ -55,7 +55,7 @@ class TrainConfig:
     max_tokens: int = 1024  # model tokens per rollout
     max_code_steps: int = 8  # code blocks per rollout
     step_timeout: float = 10.0  # seconds per code block
-    rollout_time_limit: float = 300.0
+    rollout_time_limit: float = 1800.0  # wall seconds per rollout; batched, it shares each pass
     pool_size: int = 4  # warm kernels; a rollout takes a fresh one when its first block runs
     # Rollouts on the transformers backend: up to rollout_batch streams decoded together in one
     # forward pass (0: one stream at a time); "int8" generates with an int8 copy of the current

@@ -492,8 +492,6 @@ class Trainer:
         done: list[dict[str, Any]] = []
         bar = _Progress(c.progress, until, self.step)
         try:
-            if c.eval_every and self.step == 0 and until > 0:
-                await self.evaluate()  # the curve's starting point: the untrained model
             while self.step < until:
                 metrics = await self.train_step()
                 done.append(metrics)
