@@ -209,9 +209,16 @@ def _say(kind: str, message: str) -> None:
 
 def _reason(args: argparse.Namespace) -> int:
     from kernel_bridge.reasoner import Limits, Reasoner
-    from kernel_bridge.render import TerminalRenderer
+    from kernel_bridge.render import TerminalRenderer, one_line
     from kernel_bridge.samplers import make_sampler
 
+    if not args.question.strip():
+        raise UsageError('the question is empty: write it in quotes, e.g. reason "What is 2**100?"')
+    if args.model is not None and not args.model.strip():
+        raise UsageError(
+            "--model is empty: give a model string such as local, hf:ID_OR_PATH or "
+            "openai/gpt-4o, or leave --model out for the default"
+        )
     try:
         limits = Limits(
             max_steps=args.max_steps,
@@ -233,7 +240,7 @@ def _reason(args: argparse.Namespace) -> int:
     sampler = make_sampler(args.model)
     trace_path = args.trace or default_trace_path()
     trace_path.parent.mkdir(parents=True, exist_ok=True)
-    renderer = TerminalRenderer(color=not args.no_color)
+    renderer = TerminalRenderer(color=not args.no_color, error_detail=False)
     reasoner = Reasoner(sampler, profile=args.profile, limits=limits, store=trace_path, tools=tools)
 
     async def go() -> Any:
@@ -251,6 +258,8 @@ def _reason(args: argparse.Namespace) -> int:
         renderer.note(f"interrupted; trace saved to {trace_path}")
         return 130
     renderer.note(f"trace {trace.id} saved to {trace_path}")
+    if trace.finish_reason == "error":  # the model or its API failed: one line, on stderr
+        _say("error", one_line(trace.error or "the run failed"))
     return 0 if trace.finish_reason == "answer" else 1
 
 

@@ -549,6 +549,11 @@ class ReasonMagics(Magics):
             value = getattr(args, name)
             return getattr(self, name) if value is None else value
 
+        if args.model is not None and not args.model.strip():
+            raise UsageError(
+                "--model is empty: give a model string such as local, hf:ID_OR_PATH or "
+                "openai/gpt-4o, or leave --model out for the default"
+            )
         try:
             limits = Limits(
                 max_steps=pick("max_steps"),

@@ -165,6 +165,8 @@ class Reasoner:
 
     def messages_for(self, question: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
         if isinstance(question, str):
+            if not question.strip():
+                raise ValueError("the question is empty: ask something")
             messages = [{"role": "user", "content": question}]
         else:
             messages = [dict(m) for m in question]

@@ -30,6 +30,11 @@ _VISIBLE = {
 } | {code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of white space as single spaces."""
+    return " ".join(text.split())
+
+
 def visible(text: str) -> str:
     """``text`` safe for a terminal: control characters shown as ``\\x1b``-style escapes, never
     passed through; newlines and tabs kept (and ``\\r\\n`` read as a newline)."""
@@ -42,7 +47,12 @@ _STATUS_STYLE = {"ok": "green", "error": "red", "timeout": "yellow", "died": "re
 class TerminalRenderer:
     """Prints one run's events as they arrive."""
 
-    def __init__(self, color: bool = True, console: Console | None = None) -> None:
+    def __init__(
+        self, color: bool = True, console: Console | None = None, error_detail: bool = True
+    ) -> None:
+        """``error_detail=False`` leaves a failed run's error message out of the summary line
+        (the CLI prints it as one line on stderr instead)."""
+        self.error_detail = error_detail
         self.console = console or Console(
             highlight=False,
             no_color=not color,
@@ -126,8 +136,8 @@ class TerminalRenderer:
                 )
             )
         detail = f"{trace.finish_reason}"
-        if trace.error:
-            detail += f": {trace.error}"
+        if trace.error and self.error_detail:
+            detail += f": {one_line(trace.error)}"
         steps = len(trace.steps)
         self.note(
             f"{detail} · {steps} block{'s' * (steps != 1)} · "

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import nbformat
@@ -90,6 +93,10 @@ def test_errors_are_one_line_without_traceback(tmp_path):
         ("reason", "q", "--model", "scripted:/no/such/file.txt"),
         ("reason", "q", "--max-steps", "0", "--model", f"scripted:{SCRIPT}"),
         ("reason", "q", "--timeout", "soon"),
+        ("reason", "", "--model", f"scripted:{SCRIPT}"),
+        ("reason", " \n\t", "--model", f"scripted:{SCRIPT}"),
+        ("reason", "q", "--model", ""),  # used to run the local model
+        ("reason", "q", "--model", "  "),
         ("reason", "q", "--profile", "klingon", "--model", f"scripted:{SCRIPT}"),
         ("traces", "show", str(tmp_path / "missing.jsonl")),
         ("export", str(tmp_path / "missing.jsonl"), "--to", str(tmp_path / "x.ipynb")),
@@ -205,3 +212,37 @@ def test_control_characters_from_the_model_and_its_code_never_reach_the_terminal
     assert "Set the title\\x1b]0;pwned\\x07 and tab" in live.stdout
     # the trace keeps exactly what happened; only the terminal view escapes it
     assert load_traces(trace_file)[0].steps[0].output_text == clipboard + "copied\x9b"
+
+
+class Unauthorized(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that refuses every key, with a message on two lines."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        message = "Incorrect API key provided: sk-x.\nFind your API key at example.invalid."
+        body = json.dumps({"error": {"message": message, "code": "invalid_api_key"}}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_api_error_is_one_line_on_stderr(tmp_path, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OPENAI_API_BASE", f"http://127.0.0.1:{server.server_port}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    try:
+        out = cli("reason", "q", "--model", "openai/gpt-4o", home=tmp_path)
+    finally:
+        server.shutdown()
+    assert out.returncode == 1
+    (line,) = out.stderr.splitlines()
+    assert line.startswith("kernel-bridge: error: SamplerError: openai/gpt-4o: authentication")
+    assert "sk-x. Find your API key" in line
+    assert "Incorrect API key" not in out.stdout
+    assert load_traces(tmp_path / "traces.jsonl")[0].finish_reason == "error"

@@ -322,6 +322,7 @@ def test_timeout_in_shared_mode_stops_loops_and_sleeps_and_keeps_variables(noteb
         (f"--max-tokens -1 --model {script('magic_shared.txt')}", "UsageError: argument --max-tok"),
         ("--show sideways", "UsageError: argument --show: invalid choice: 'sideways'"),
         ("--model nope:x", "UsageError: no sampler for model 'nope:x'"),
+        ("--model=", "UsageError: --model is empty: give a model string"),  # was: local
         ("--model scripted:/no/such/script.txt", "UsageError: cannot read the script"),
     ],
 )

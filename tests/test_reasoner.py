@@ -333,6 +333,14 @@ def test_bad_limits_are_a_clear_error(limit, message):
         Limits(**limit)
 
 
+async def test_an_empty_question_is_refused():
+    reasoner = Reasoner(script_sampler("<answer>x</answer>"))
+    for question in ("", "  \n"):
+        with pytest.raises(ValueError, match="the question is empty"):
+            await reasoner.run(question)
+    assert reasoner._kernel is None  # refused before a kernel started
+
+
 async def test_a_kernel_passed_in_is_left_running(kernel):
     async with Reasoner(script_sampler("<answer>x</answer>"), kernel) as reasoner:
         await reasoner.run("q")
