@@ -458,6 +458,16 @@ class Kernel(BlockSettings):
             shutil.rmtree(d, ignore_errors=True)
         self._tmpdirs.clear()
 
+    async def is_alive(self) -> bool:
+        """True when the kernel is started and its process (or remote kernel) is still there."""
+        transport = self._transport
+        if transport is None:
+            return False
+        try:
+            return await transport.is_alive()
+        except Exception:  # a remote server that cannot answer: not a kernel to hand out
+            return False
+
     async def restart(self) -> None:
         """Restart the kernel process; all variables are lost."""
         await self._require().restart()
@@ -779,7 +789,8 @@ class KernelPool:
     """Keeps ``size`` warm kernels; each is used by one holder and then replaced by a fresh one.
 
     ``async with pool.acquire() as kernel:`` waits for a warm kernel (at most ``size`` exist at
-    once); on exit the used kernel is shut down and a new one started in the background.
+    once) that is still alive (a warm kernel that died is replaced, never handed out); on exit
+    the used kernel is shut down and a new one started in the background.
     """
 
     def __init__(self, size: int = 4, **kernel_options: Any) -> None:
@@ -820,7 +831,12 @@ class KernelPool:
             raise KernelError("the kernel pool is closed")
         if self._errors and self._ready.empty() and not self._background:
             raise KernelError(f"the kernel pool cannot start kernels: {self._errors[-1]}")
-        kernel = await self._ready.get()
+        while True:
+            kernel = await self._ready.get()
+            if await kernel.is_alive():
+                break
+            # Died while warm (killed, out of memory): replace it, and wait for a live one.
+            self._spawn(self._recycle(kernel))
         self._in_use.add(kernel)
         try:
             yield kernel

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import psutil
 import pytest
 
 from kernel_bridge import KernelPool
@@ -59,3 +60,15 @@ async def test_pool_bounds_concurrency():
 def test_pool_size_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         KernelPool(size=0)
+
+
+async def test_pool_never_hands_out_a_kernel_that_died_while_warm():
+    before = {p.pid for p in psutil.Process().children()}
+    async with KernelPool(size=1) as pool:
+        (warm,) = [p for p in psutil.Process().children() if p.pid not in before]
+        warm.kill()  # e.g. the OOM killer, or a stray kill -9
+        warm.wait(timeout=10)
+        async with pool.acquire() as k:
+            assert k.pid != warm.pid
+            result = await k.execute("1 + 1")
+        assert (result.status, result.output_text, result.restarted) == ("ok", "2", False)
