@@ -218,8 +218,8 @@ def completions(
     gets one end-of-turn token, as TRL needs a non-empty completion: a model token when the
     model ended its turn at once, masked when something else ended the run (a sampler error).
     """
-    out: dict[str, list[Any]] = {"prompt_ids": [], "completion_ids": [], "logprobs": []}
-    out["env_mask"] = []
+    keys = ("prompt_ids", "completion_ids", "logprobs", "env_mask")
+    out: dict[str, list[Any]] = {key: [] for key in keys}
     for trace in traces:
         example = training_example(trace, tokenizer, 0.0, max_len=sys.maxsize)
         ids, mask, recorded = example.completion_ids, example.mask, example.recorded
