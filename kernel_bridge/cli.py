@@ -237,9 +237,14 @@ def _reason(args: argparse.Namespace) -> int:
         tools = load_toolsets(args.tools, cutoff=args.cutoff, authorized_imports=authorized)
     except ToolError as e:
         raise UsageError(str(e)) from None
-    sampler = make_sampler(args.model)
+    from kernel_bridge.trace import TraceStore, TraceStoreError
+
     trace_path = args.trace or default_trace_path()
-    trace_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        TraceStore(trace_path).check_writable()  # before the model loads and the run starts
+    except TraceStoreError as e:
+        raise UsageError(str(e)) from None
+    sampler = make_sampler(args.model)
     renderer = TerminalRenderer(color=not args.no_color, error_detail=False)
     reasoner = Reasoner(sampler, profile=args.profile, limits=limits, store=trace_path, tools=tools)
 
@@ -255,12 +260,26 @@ def _reason(args: argparse.Namespace) -> int:
     try:
         trace = asyncio.run(go())
     except KeyboardInterrupt:
-        renderer.note(f"interrupted; trace saved to {trace_path}")
+        if reasoner.saved_to is not None:
+            renderer.note(f"interrupted; trace saved to {reasoner.saved_to}")
+        _unsaved(reasoner)
         return 130
-    renderer.note(f"trace {trace.id} saved to {trace_path}")
+    if reasoner.saved_to is not None:
+        renderer.note(f"trace {trace.id} saved to {reasoner.saved_to}")
     if trace.finish_reason == "error":  # the model or its API failed: one line, on stderr
         _say("error", one_line(trace.error or "the run failed"))
+    if _unsaved(reasoner):
+        return 1
     return 0 if trace.finish_reason == "answer" else 1
+
+
+def _unsaved(reasoner: Any) -> bool:
+    """Say on stderr where the trace went if its store could not be written (e.g. disk full)."""
+    if reasoner.save_error is None:
+        return False
+    where = f"; saved it to {reasoner.saved_to} instead" if reasoner.saved_to else ""
+    _say("error", reasoner.save_error + where)
+    return True
 
 
 # -- traces show / export ---------------------------------------------------------------------

@@ -75,7 +75,7 @@ from kernel_bridge.reasoner import (
     StepOutput,
     StepStarted,
 )
-from kernel_bridge.trace import Trace
+from kernel_bridge.trace import Trace, TraceStore, TraceStoreError
 
 TRACE_MIME = "application/vnd.kernel-bridge.trace+json"
 COMM_TARGET = "kernel_bridge.trace"
@@ -673,7 +673,10 @@ class ReasonMagics(Magics):
 
     def _run(self, options: _Options, question: str, sampler: Any) -> None:
         """One run: the Reasoner on the loop thread, this (main) thread shows and executes."""
-        options.trace_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            TraceStore(options.trace_path).check_writable()
+        except TraceStoreError as e:
+            raise UsageError(str(e)) from None
         loop = self._loop_thread()
         mailbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         executor: Any

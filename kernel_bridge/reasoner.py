@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nbformat import NotebookNode
@@ -35,7 +36,7 @@ from kernel_bridge.parsing import (
 from kernel_bridge.prompts import default_examples, default_system_prompt
 from kernel_bridge.samplers import Delta, Sampler, SampleRequest
 from kernel_bridge.tools import Toolbox
-from kernel_bridge.trace import Segment, Span, Step, Trace, TraceStore
+from kernel_bridge.trace import Segment, Span, Step, Trace, TraceStore, fallback_path
 
 NO_OUTPUT = "[no output]"
 NO_CODE_RAN = "[no code ran: output appears only after a ```python block]"
@@ -141,6 +142,9 @@ class Reasoner:
         self._owns_kernel = kernel is None
         self._tools_in: Executor | None = None
         self.trace: Trace | None = None
+        # Where the last run's trace was saved, and why not in ``store`` if it went elsewhere.
+        self.saved_to: Path | None = None
+        self.save_error: str | None = None
 
     async def kernel(self) -> Executor:
         if self._kernel is None:
@@ -186,6 +190,7 @@ class Reasoner:
         """Yield every event of one run; the last one is ``RunFinished`` with the saved trace."""
         run = _Run(self, self.messages_for(question))
         self.trace = run.trace
+        self.saved_to = self.save_error = None
         yield RunStarted(run.trace)
         try:
             async for event in run.events():
@@ -435,13 +440,32 @@ class _Run:
         }
 
     def save(self, checkpoint: bool = False) -> None:
+        """Checkpoint or append the trace. A store that cannot be written (a full disk) never
+        stops the run: checkpoints are skipped, and the finished trace goes to a fallback file
+        (``Reasoner.saved_to`` and ``save_error`` say where, and why)."""
         store = self.r.store
         if store is None:
             return
+        try:
+            if checkpoint:
+                store.checkpoint(self.trace)
+            else:
+                store.append(self.trace)
+                self.r.saved_to = store.path
+            return
+        except OSError as e:
+            self.r.save_error = f"cannot write the trace to {store.path}: {e.strerror or e}"
         if checkpoint:
-            store.checkpoint(self.trace)
+            return
+        with contextlib.suppress(OSError):  # a stale checkpoint would show as interrupted
+            store.discard_checkpoint(self.trace.id)
+        fallback = TraceStore(fallback_path(self.trace.id))
+        try:
+            fallback.append(self.trace)
+        except OSError as e:
+            self.r.save_error += f"; nor to {fallback.path}: {e.strerror or e}"
         else:
-            store.append(self.trace)
+            self.r.saved_to = fallback.path
 
 
 class _SegmentBuilder:

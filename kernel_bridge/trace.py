@@ -69,6 +69,10 @@ class PartialLineWarning(UserWarning):
     """A trace file ended in a line cut short by a crash mid-write; it was skipped or removed."""
 
 
+class TraceStoreError(OSError):
+    """Traces cannot be written where asked; the message names the path and the reason."""
+
+
 class CorruptLineWarning(UserWarning):
     """A line of a trace file (or a checkpoint) is not a valid trace; it was skipped, the rest
     was read. The message names the file, the line and what is wrong."""
@@ -546,6 +550,39 @@ class TraceStore:
         self.path = Path(path)
         self.checkpoint_dir = self.path.with_name(self.path.name + ".inprogress")
 
+    def check_writable(self) -> None:
+        """Fail now, before a run, if traces cannot be written here (a ``TraceStoreError`` that
+        names the path and why): a directory, a path below a regular file, a read-only place.
+
+        Creates the missing parent directories and nothing else.
+        """
+        path = self.path
+        if path.is_dir():
+            raise TraceStoreError(
+                f"cannot write traces to {path}: it is a directory; name a file in it, "
+                f"e.g. {path / 'traces.jsonl'}"
+            )
+        for parent in path.parents:
+            if parent.exists() or parent.is_symlink():
+                if not parent.is_dir():
+                    raise TraceStoreError(
+                        f"cannot write traces to {path}: {parent} is a file, not a directory"
+                    )
+                break
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # The directory must take new files (checkpoints); the file, appended lines.
+            fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+            os.close(fd)
+            os.unlink(probe)
+            if path.exists():
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
+            raise TraceStoreError(
+                f"cannot write traces to {path}: {e.strerror or e}{where}"
+            ) from None
+
     def append(self, trace: Trace) -> None:
         """Write the trace as one line, durably, then drop its checkpoint.
 
@@ -563,7 +600,11 @@ class TraceStore:
             os.fsync(fd)
         finally:
             os.close(fd)  # also releases the lock
-        self._checkpoint_path(trace.id).unlink(missing_ok=True)
+        self.discard_checkpoint(trace.id)
+
+    def discard_checkpoint(self, trace_id: str) -> None:
+        """Remove a run's checkpoint (once its trace is saved, here or elsewhere)."""
+        self._checkpoint_path(trace_id).unlink(missing_ok=True)
 
     def checkpoint(self, trace: Trace) -> None:
         """Save a run in progress atomically, so a crash leaves its latest state recoverable."""
@@ -694,6 +735,12 @@ def _start_of_last_line(fd: int, size: int) -> int:
             return begin + newline + 1
         end = begin
     return 0
+
+
+def fallback_path(trace_id: str) -> Path:
+    """Where a run's trace goes when its own store cannot be written (a full disk, a directory
+    removed mid-run): a file of its own in the temporary directory."""
+    return Path(tempfile.gettempdir()) / f"kernel-bridge-unsaved-{trace_id}.jsonl"
 
 
 def load_traces(path: str | os.PathLike[str]) -> list[Trace]:

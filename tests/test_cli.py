@@ -246,3 +246,55 @@ def test_an_api_error_is_one_line_on_stderr(tmp_path, monkeypatch):
     assert "sk-x. Find your API key" in line
     assert "Incorrect API key" not in out.stdout
     assert load_traces(tmp_path / "traces.jsonl")[0].finish_reason == "error"
+
+
+def test_a_trace_path_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("a file")
+    cases = [
+        (tmp_path, "it is a directory; name a file in it"),  # used to fail only at the end
+        (tmp_path / "notes.txt" / "run.jsonl", "notes.txt is a file, not a directory"),
+        (Path("/sys/kernel-bridge-traces.jsonl"), "Permission denied"),  # read-only for root too
+    ]
+    for path, reason in cases:
+        status, err = run_main(
+            capsys, "reason", "q", "--model", f"scripted:{SCRIPT}", "--trace", str(path)
+        )
+        assert status == 2, (path, err)
+        (line,) = err.splitlines()
+        assert line.startswith(f"kernel-bridge: error: cannot write traces to {path}: "), line
+        assert reason in line
+    assert capsys.readouterr().out == ""  # nothing ran
+
+
+def test_a_trace_store_that_fails_mid_run_goes_to_a_fallback_file(tmp_path):
+    # The model's own code removes the trace directory, as a full disk would fail the writes.
+    store = tmp_path / "store"
+    script = tmp_path / "breaks_the_store.txt"
+    script.write_text(
+        "<think>\n```python\nimport pathlib, shutil\n"
+        f"shutil.rmtree({str(store)!r})\npathlib.Path({str(store)!r}).write_text('in the way')\n"
+        "print('store gone')\n```\nStill going.\n</think>\n<answer>done</answer>\n"
+    )
+    store.mkdir()
+    out = cli(
+        "reason",
+        "q",
+        "--model",
+        f"scripted:{script}",
+        "--trace",
+        str(store / "run.jsonl"),
+        home=tmp_path,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "store gone" in out.stdout and "done" in out.stdout  # the run went on to its answer
+    (line,) = out.stderr.splitlines()
+    prefix = f"kernel-bridge: error: cannot write the trace to {store / 'run.jsonl'}: "
+    assert line.startswith(prefix), line
+    fallback = Path(line.rsplit("; saved it to ", 1)[1].removesuffix(" instead"))
+    try:
+        (trace,) = load_traces(fallback)
+        assert trace.finish_reason == "answer" and trace.answer == "done"
+        assert trace.steps[0].output_text == "store gone"
+        assert fallback.name in out.stdout  # the closing note names it too
+    finally:
+        fallback.unlink()
