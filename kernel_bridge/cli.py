@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -248,7 +250,20 @@ def _reason(args: argparse.Namespace) -> int:
     renderer = TerminalRenderer(color=not args.no_color, error_detail=False)
     reasoner = Reasoner(sampler, profile=args.profile, limits=limits, store=trace_path, tools=tools)
 
+    ended_by: list[int] = []  # SIGTERM or SIGHUP (a closed terminal), if one ended the run
+
     async def go() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def end(signum: int) -> None:  # like Ctrl-C: cancel the run, which saves its trace
+            if not ended_by:
+                ended_by.append(signum)
+                task.cancel()
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, end, signum)
         try:
             async for event in reasoner.stream(args.question):
                 renderer.handle(event)
@@ -259,11 +274,12 @@ def _reason(args: argparse.Namespace) -> int:
 
     try:
         trace = asyncio.run(go())
-    except KeyboardInterrupt:
-        if reasoner.saved_to is not None:
-            renderer.note(f"interrupted; trace saved to {reasoner.saved_to}")
-        _unsaved(reasoner)
-        return 130
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            if reasoner.saved_to is not None:
+                renderer.note(f"interrupted; trace saved to {reasoner.saved_to}")
+            _unsaved(reasoner)
+        return 128 + ended_by[0] if ended_by else 130
     if reasoner.saved_to is not None:
         renderer.note(f"trace {trace.id} saved to {reasoner.saved_to}")
     if trace.finish_reason == "error":  # the model or its API failed: one line, on stderr

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import nbformat
+import pytest
 
-from kernel_bridge.trace import load_traces
+from kernel_bridge.trace import Trace, load_traces
 
 SCRIPT = Path(__file__).parent / "scripts" / "primes.txt"
 
@@ -298,3 +303,42 @@ def test_a_trace_store_that_fails_mid_run_goes_to_a_fallback_file(tmp_path):
         assert fallback.name in out.stdout  # the closing note names it too
     finally:
         fallback.unlink()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_end_the_run_like_ctrl_c_with_the_trace_saved(tmp_path, signum):
+    script = tmp_path / "slow.txt"
+    script.write_text(
+        "<think>\n```python\nprint('first')\n```\n"
+        "```python\nimport time\ntime.sleep(60)\n```\n</think>\n<answer>never</answer>\n"
+    )
+    trace_file = tmp_path / "run.jsonl"
+    env = {**os.environ, "KERNEL_BRIDGE_HOME": str(tmp_path), "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "kernel_bridge.cli", "reason", "q"),
+            *("--model", f"scripted:{script}", "--trace", str(trace_file)),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoints = tmp_path / "run.jsonl.inprogress"
+    deadline = time.monotonic() + 60
+    while not any(checkpoints.glob("*.json")):  # the first block ran; the second is sleeping
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, err
+    (line,) = trace_file.read_text().splitlines()  # a line of its own, not only a checkpoint
+    trace = Trace.from_json(line)
+    assert trace.finish_reason == "interrupted"
+    assert trace.steps[0].output_text == "first"
+    assert not list(checkpoints.glob("*.json"))
+    assert "interrupted; trace saved to" in out
+    leftovers = glob.glob(os.path.join(tempfile.gettempdir(), f"kernel-bridge-{proc.pid}-*"))
+    assert not leftovers  # the kernel's connection file and workspace are removed
