@@ -331,31 +331,52 @@ class BatchedSampler(TokenContext):
         self._valid = torch.cat([self._valid, self._valid.new_zeros(len(self._rows), more)], 1)
 
     def _forward_and_sample(self) -> list[tuple[_Stream, Delta]]:
+        """One pass: the rows that decode (one new token each) together, then the rows that
+        prefill (a prompt, a tool output) together, each group in its own forward, so decoding
+        rows never compute a prefill's padding."""
+        decoding = [b for b, r in enumerate(self._rows) if len(r.pending) == 1]
+        prefilling = [b for b, r in enumerate(self._rows) if len(r.pending) > 1]
+        sent = []
+        for group in (decoding, prefilling):
+            if group:
+                sent += self._forward(group)
+        return sent
+
+    def _forward(self, group: list[int]) -> list[tuple[_Stream, Delta]]:
+        """Run the pending tokens of the rows ``group`` (indices into the batch) and sample for
+        the rows that have none left. Other rows get unused (masked) columns."""
         import torch
         from transformers.cache_utils import Cache
 
-        rows, device = self._rows, self.model.device
+        device = self.model.device
+        rows = [self._rows[b] for b in group]
+        whole = len(group) == len(self._rows)
         take = [min(len(r.pending), self.prefill_chunk) for r in rows]
         n = max(take)
         self._grow(n)
         start = self._length
         input_ids = torch.full((len(rows), n), self._pad_id(), dtype=torch.long)
         positions = torch.zeros((len(rows), n), dtype=torch.long)
-        new_valid = torch.zeros((len(rows), n), dtype=torch.bool)
-        for b, (row, k) in enumerate(zip(rows, take, strict=True)):
-            if k:
-                input_ids[b, :k] = torch.tensor(row.pending[:k])
-                new_valid[b, :k] = True
-            positions[b] = len(row.ids) + torch.arange(n).clamp(max=max(k - 1, 0))
+        new_valid = torch.zeros((len(self._rows), n), dtype=torch.bool)
+        for i, (b, row, k) in enumerate(zip(group, rows, take, strict=True)):
+            input_ids[i, :k] = torch.tensor(row.pending[:k])
+            new_valid[b, :k] = True
+            positions[i] = len(row.ids) + torch.arange(n).clamp(max=k - 1)
         self._valid[:, start : start + n] = new_valid.to(device)
+        index = torch.tensor(group, device=device)
+        valid = self._valid if whole else self._valid.index_select(0, index)
         # Row b's query j sees its cached tokens and its own new tokens up to j.
-        seen = self._valid[:, None, : start + n].expand(len(rows), n, start + n).clone()
+        seen = valid[:, None, : start + n].expand(len(rows), n, start + n).clone()
         causal = torch.ones((n, n), dtype=torch.bool, device=device).tril()
         seen[:, :, start:] &= causal
         diagonal = torch.arange(n, device=device)
         seen[:, diagonal, start + diagonal] = True  # a padding query sees itself: never empty
         slab = _slab_layer_class()
-        cache = Cache(layers=[slab(k, v, start) for k, v in self._kv])
+        if whole:
+            slabs = self._kv
+        else:  # a copy of the group's rows; their new columns are copied back below
+            slabs = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self._kv]
+        cache = Cache(layers=[slab(k, v, start) for k, v in slabs])
         body = self.model.get_decoder()
         hidden = body(
             input_ids=input_ids.to(device),
@@ -364,21 +385,25 @@ class BatchedSampler(TokenContext):
             use_cache=True,
             **{cache_keyword(body): cache},
         ).last_hidden_state
+        if not whole:
+            for (k, v), (sub_k, sub_v) in zip(self._kv, slabs, strict=True):
+                k[index, :, start : start + n] = sub_k[:, :, start : start + n]
+                v[index, :, start : start + n] = sub_v[:, :, start : start + n]
         self._length = start + n
         self.passes += 1
         self.prefilled += sum(take)
         ready = []
-        for b, (row, k) in enumerate(zip(rows, take, strict=True)):
+        for i, (row, k) in enumerate(zip(rows, take, strict=True)):
             row.ids.extend(row.pending[:k])
             row.columns.extend(range(start, start + k))
             row.pending = row.pending[k:]
-            if k and not row.pending and row.stream is not None:
-                ready.append((b, k - 1))
+            if not row.pending and row.stream is not None:
+                ready.append((i, k - 1))
         if not ready:
             return []
-        last = hidden[[b for b, _ in ready], [j for _, j in ready]]
+        last = hidden[[i for i, _ in ready], [j for _, j in ready]]
         logits = self.model.get_output_embeddings()(last).float()
-        return self._sample(logits, [rows[b] for b, _ in ready])
+        return self._sample(logits, [rows[i] for i, _ in ready])
 
     def _sample(self, logits: Any, rows: list[_Row]) -> list[tuple[_Stream, Delta]]:
         import torch
