@@ -20,6 +20,7 @@ from nbformat import NotebookNode
 
 from kernel_bridge.executors import Executor
 from kernel_bridge.kernel import ExecutionResult, Kernel, check_count, check_seconds
+from kernel_bridge.outputs import OutputCollector
 from kernel_bridge.parsing import (
     CodeDelta,
     CodeEnd,
@@ -40,6 +41,7 @@ from kernel_bridge.trace import Segment, Span, Step, Trace, TraceStore, fallback
 
 NO_OUTPUT = "[no output]"
 NO_CODE_RAN = "[no code ran: output appears only after a ```python block]"
+STOPPED_NOTE = "[interrupted: the run was stopped while this block ran]"
 
 
 @dataclass
@@ -371,10 +373,19 @@ class _Run:
         index = len(self.trace.steps)
         yield StepStarted(index, code)
         queue: asyncio.Queue[NotebookNode] = asyncio.Queue()
-        timeout = min(self.limits.step_timeout, max(self.deadline - time.monotonic(), 0.5))
-        task = asyncio.create_task(
-            kernel.execute(code, timeout=timeout, on_output=queue.put_nowait)
+        # What the front ends were shown, kept (bounded by the same caps) for a stopped step.
+        shown = OutputCollector(
+            getattr(kernel, "output_cap", 2000), getattr(kernel, "store_cap", 200_000)
         )
+
+        def on_output(output: NotebookNode) -> None:
+            content = {key: value for key, value in output.items() if key != "output_type"}
+            shown.handle({"header": {"msg_type": output["output_type"]}, "content": content})
+            queue.put_nowait(output)
+
+        timeout = min(self.limits.step_timeout, max(self.deadline - time.monotonic(), 0.5))
+        t0, started = time.monotonic(), time.time()
+        task = asyncio.create_task(kernel.execute(code, timeout=timeout, on_output=on_output))
         try:
             while not task.done() or not queue.empty():
                 getter = asyncio.ensure_future(queue.get())
@@ -384,11 +395,22 @@ class _Run:
                 else:
                     getter.cancel()
             result: ExecutionResult = task.result()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Stopped mid-block (Ctrl-C, the Stop button): keep the step and what it printed.
+            result = _stopped_result(shown, started, time.monotonic() - t0)
+            self._add_step(index, code, result)
+            raise
         finally:
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        step, text = self._add_step(index, code, result)
+        self.save(checkpoint=True)
+        yield StepFinished(step, text)
+
+    def _add_step(self, index: int, code: str, result: ExecutionResult) -> tuple[Step, str]:
+        """Record a step and splice its output into the assistant turn."""
         step = Step(
             index=index,
             code=code,
@@ -404,8 +426,7 @@ class _Run:
         self.trace.steps.append(step)
         text = self.r.profile.format_output(result.output_text or NO_OUTPUT)
         self._add_tool_segment(text)
-        self.save(checkpoint=True)
-        yield StepFinished(step, text)
+        return step, text
 
     # -- segments -----------------------------------------------------------------------------
 
@@ -466,6 +487,19 @@ class _Run:
             self.r.save_error += f"; nor to {fallback.path}: {e.strerror or e}"
         else:
             self.r.saved_to = fallback.path
+
+
+def _stopped_result(shown: OutputCollector, started: float, duration: float) -> ExecutionResult:
+    """A step stopped from outside (Ctrl-C, the Stop button): what it had shown, and a note."""
+    text = str(shown.text).rstrip("\n")
+    return ExecutionResult(
+        status="error",
+        output_text=f"{text}\n{STOPPED_NOTE}" if text.strip() else STOPPED_NOTE,
+        outputs=shown.outputs,
+        execution_count=shown.execution_count,
+        started=started,
+        duration_s=duration,
+    )
 
 
 class _SegmentBuilder:

@@ -338,6 +338,7 @@ def test_sigterm_and_sighup_end_the_run_like_ctrl_c_with_the_trace_saved(tmp_pat
     trace = Trace.from_json(line)
     assert trace.finish_reason == "interrupted"
     assert trace.steps[0].output_text == "first"
+    assert trace.steps[1].output_text.startswith("[interrupted")  # the block it stopped
     assert not list(checkpoints.glob("*.json"))
     assert "interrupted; trace saved to" in out
     leftovers = glob.glob(os.path.join(tempfile.gettempdir(), f"kernel-bridge-{proc.pid}-*"))

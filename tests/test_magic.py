@@ -244,6 +244,8 @@ def test_stop_button_interrupts_the_block_and_saves_the_trace(notebook, trace_fi
     trace = last_trace(trace_file)
     assert trace.finish_reason == "interrupted"
     assert trace.id in errors[0].evalue
+    # the stopped block is in the trace, with what it printed
+    assert "[interrupted: the run was stopped while this block ran]" in trace.steps[-1].output_text
     # The kernel is fine and the notebook's variables are intact.
     assert printed(notebook.run("print(keep_me, 1 + 1)")) == "still here 2\n"
 

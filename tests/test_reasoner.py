@@ -225,6 +225,41 @@ async def test_cancel_stops_promptly_and_keeps_the_trace(kernel, tmp_path):
     assert (await kernel.execute("'still usable'")).status == "ok"
 
 
+async def test_a_block_stopped_midway_is_recorded_with_what_it_printed(kernel, tmp_path):
+    script = (
+        "<think>\n```python\nprint('quick')\n```\n"
+        "```python\nimport time\nprint('started', flush=True)\ndisplay({'a': 1})\n"
+        "time.sleep(30)\nprint('never')\n```\n</think>\n<answer>x</answer>"
+    )
+    store = TraceStore(tmp_path / "t.jsonl")
+    reasoner = Reasoner(script_sampler(script), kernel, store=store)
+    shown = []
+
+    async def consume() -> None:
+        async for event in reasoner.stream("q"):
+            if isinstance(event, StepOutput) and event.index == 1:
+                shown.append(event.output)
+
+    task = asyncio.create_task(consume())
+    while len(shown) < 2:  # the second block printed and displayed: the user saw it
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (saved,) = store.load()
+    assert saved.finish_reason == "interrupted"
+    stopped = saved.steps[1]
+    assert stopped.status == "error"
+    assert stopped.output_text == (
+        "started\n{'a': 1}\n[interrupted: the run was stopped while this block ran]"
+    )
+    assert [o["output_type"] for o in stopped.outputs] == ["stream", "display_data"]
+    assert stopped.code.endswith("print('never')\n") and stopped.duration_s > 0
+    # the code span links to it, and the notebook shows the partial output under its cell
+    cells = [c for c in saved.to_notebook().cells if c.cell_type == "code"]
+    assert [o["output_type"] for o in cells[1].outputs] == ["stream", "display_data"]
+
+
 async def test_sampler_stream_is_closed_at_each_pause(kernel):
     sampler = TurnsSamplerStandIn(
         ["<think>\n```python\n1\n```\nmore text that is dropped", "</think>\n<answer>1</answer>"]
