@@ -452,15 +452,22 @@ def refresh_int8_copy(clone: Any, model: Any) -> None:
         for name, module in clone.named_modules()
         if isinstance(module, (torch.nn.Linear, _int8_linear_class()))
     }
-    weights = dict(hf_weights(model))
-    tied = getattr(base.config, "tie_word_embeddings", False)
-    for name in sorted(linears):
-        weight = weights.get(f"{name}.weight")
-        if weight is None and tied and name == "lm_head":
-            weight = base.get_input_embeddings().weight
-        bias = weights.get(f"{name}.bias")
-        levels, scale = quantize_linear(weight)
-        clone.set_submodule(name, int8_linear(levels, scale, bias))
+    biases = {n.removesuffix(".bias"): p for n, p in base.named_parameters() if n.endswith(".bias")}
+    biases.update({n.replace(".base_layer", ""): p for n, p in biases.items()})
+    done = set()
+    # One merged weight at a time (a LoRA layer's base + B·A is a new tensor), not all at once.
+    for name, weight in hf_weights(model):
+        module = name.removesuffix(".weight")
+        if module in linears and name.endswith(".weight"):
+            levels, scale = quantize_linear(weight)
+            clone.set_submodule(module, int8_linear(levels, scale, biases.get(module)))
+            done.add(module)
+    if "lm_head" in linears - done and getattr(base.config, "tie_word_embeddings", False):
+        levels, scale = quantize_linear(base.get_input_embeddings().weight)
+        clone.set_submodule("lm_head", int8_linear(levels, scale, None))
+        done.add("lm_head")
+    if linears - done:
+        raise EmbeddedModelError(f"no weight for the linear layers {sorted(linears - done)[:3]}")
 
 
 def _lora_base_name(name: str) -> str:

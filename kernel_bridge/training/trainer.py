@@ -457,6 +457,8 @@ class Trainer:
         rollout_s = time.perf_counter() - begin
         if self.engine is not None:
             await self.engine.sleep()
+        elif self.sampler is not None:
+            self.sampler.reset_cache()  # the rollouts' keys and values: free them for the update
         t = time.perf_counter()
         update = self.update(rollouts)
         update_s = time.perf_counter() - t
