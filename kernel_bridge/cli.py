@@ -399,7 +399,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     """Every ``--model`` on the same tasks, greedy, in one table (``training/evaluate.py``)."""
-    from kernel_bridge.reasoner import Limits
     from kernel_bridge.training.config import TrainConfig
     from kernel_bridge.training.evaluate import compare, comparison_table
     from kernel_bridge.training.rewards import Rewards
@@ -427,16 +426,7 @@ def _compare(args: argparse.Namespace) -> int:
         tasks = tasks[: args.max_tasks]
     if not tasks:
         raise UsageError(f"no {args.split} tasks in {tasks_from}")
-    settings = RolloutSettings(
-        limits=Limits(
-            max_steps=config.max_code_steps,
-            max_tokens=config.max_tokens,
-            step_timeout=config.step_timeout,
-            time_limit=config.rollout_time_limit,
-        ),
-        profile=config.profile,
-        system_prompt=config.system_prompt,
-    )
+    settings = RolloutSettings.from_config(config)
     out = Path(config.out_dir)
     results = asyncio.run(
         compare(

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import glob
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+from dataclasses import dataclass
 
 import psutil
 import pytest
@@ -44,3 +49,47 @@ def nothing_left_behind():
 async def kernel():
     async with Kernel(timeout=20) as k:
         yield k
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str
+    token: str
+
+
+@pytest.fixture(scope="module")
+def kernel_gateway():
+    """A real Jupyter Kernel Gateway on 127.0.0.1 (token auth), for the tests of that module."""
+    pytest.importorskip("kernel_gateway")
+    token = "test-token-123"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kernel_gateway",
+            "--KernelGatewayApp.ip=127.0.0.1",
+            f"--KernelGatewayApp.port={port}",
+            f"--KernelGatewayApp.auth_token={token}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail("the kernel gateway exited at start")
+                time.sleep(0.1)
+        yield Gateway(f"http://127.0.0.1:{port}", token)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

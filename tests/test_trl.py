@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -350,46 +346,7 @@ def test_a_sampler_that_is_not_the_policy_is_refused(sampler, use_vllm, message)
         rollouts(["[ok] What is 6 * 7?"], trainer)
 
 
-TOKEN = "trl-test-token"
-
-
-@pytest.fixture
-def gateway_url():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kernel_gateway",
-            "--KernelGatewayApp.ip=127.0.0.1",
-            f"--KernelGatewayApp.port={port}",
-            f"--KernelGatewayApp.auth_token={TOKEN}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail("the kernel gateway exited at start")
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def test_rollouts_run_their_blocks_on_a_kernel_gateway(gateway_url):
-    pytest.importorskip("kernel_gateway")
+def test_rollouts_run_their_blocks_on_a_kernel_gateway(kernel_gateway):
     _, tokenizer = tiny_policy()
     trainer = SimpleNamespace(
         args=SimpleNamespace(max_completion_length=256),
@@ -402,10 +359,11 @@ def test_rollouts_run_their_blocks_on_a_kernel_gateway(gateway_url):
         tasks=TASKS,
         settings=settings,
         pool_size=1,
-        kernel_options={"url": gateway_url, "token": TOKEN},
+        kernel_options={"url": kernel_gateway.url, "token": kernel_gateway.token},
     ) as rollouts:
         out = rollouts([TASKS[0].question], trainer)
-        assert rollouts.pool is not None and rollouts.pool.kernel_options["url"] == gateway_url
+        assert rollouts.pool is not None
+        assert rollouts.pool.kernel_options["url"] == kernel_gateway.url
     (trace,) = out["trace"]
     assert [s.status for s in trace.steps] == ["ok"] and trace.steps[0].output_text == "42"
     assert out["answer"] == ["42"] and out["task"] == [TASKS[0]]

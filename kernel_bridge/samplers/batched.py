@@ -36,6 +36,7 @@ from kernel_bridge.samplers.tokens import (
     TokenOutput,
     cache_keyword,
     common_prefix,
+    eos_ids,
 )
 from kernel_bridge.samplers.transformers import GenerationConfig
 
@@ -117,11 +118,7 @@ class BatchedSampler(TokenContext):
         self.name = name or getattr(model, "name_or_path", None) or type(model).__name__
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
-        eos = getattr(model.generation_config, "eos_token_id", None)
-        eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        if tokenizer.eos_token_id is not None:
-            eos_ids.append(tokenizer.eos_token_id)
-        self.eos_ids = set(eos_ids)
+        self.eos_ids = eos_ids(model, tokenizer)
         self._lock = threading.Lock()  # the engine's state: one pass at a time
         self._inbox: list[_Stream] = []
         self._rows: list[_Row] = []  # in the batch, in cache order

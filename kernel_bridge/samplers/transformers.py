@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel_bridge.samplers import Delta, SampleRequest, check_sampling
-from kernel_bridge.samplers.tokens import Detokenizer, TokenContext, TokenOutput, cache_keyword
+from kernel_bridge.samplers.tokens import (
+    Detokenizer,
+    TokenContext,
+    TokenOutput,
+    cache_keyword,
+    eos_ids,
+)
 
 
 @dataclass
@@ -47,11 +53,7 @@ class TransformersSampler(TokenContext):
         self.tokenizer = tokenizer
         self.config = config or GenerationConfig()
         self.name = name or getattr(model, "name_or_path", None) or type(model).__name__
-        eos = getattr(model.generation_config, "eos_token_id", None)
-        eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        if tokenizer.eos_token_id is not None:
-            eos_ids.append(tokenizer.eos_token_id)
-        self.eos_ids = set(eos_ids)
+        self.eos_ids = eos_ids(model, tokenizer)
         self._lock = threading.Lock()  # one generation at a time owns the cache
         # Streams of one event loop wait for their turn on the loop, not in a worker thread: a
         # worker blocked on ``_lock`` cannot run the holder's next step, and with more concurrent

@@ -34,6 +34,20 @@ class RolloutSettings:
     system_prompt: str = "default"  # "default", "none", or the text of a system prompt
     concurrency: int = 0  # rollouts running at once (0: all of a step)
 
+    @classmethod
+    def from_config(cls, config: Any) -> RolloutSettings:
+        """The settings a ``TrainConfig`` names: its limits, profile and system prompt."""
+        return cls(
+            limits=Limits(
+                max_steps=config.max_code_steps,
+                max_tokens=config.max_tokens,
+                step_timeout=config.step_timeout,
+                time_limit=config.rollout_time_limit,
+            ),
+            profile=config.profile,
+            system_prompt=config.system_prompt,
+        )
+
 
 @dataclass
 class Rollout:

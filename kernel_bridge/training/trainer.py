@@ -34,7 +34,6 @@ from typing import Any
 import torch
 
 from kernel_bridge.kernel import KernelPool
-from kernel_bridge.reasoner import Limits
 from kernel_bridge.trace import Trace, TraceStore, load_traces
 from kernel_bridge.training.config import ConfigError, TrainConfig
 from kernel_bridge.training.evaluate import evaluate_sampler, rollout_metrics
@@ -151,16 +150,7 @@ class Trainer:
         self.rollout_model: Any = None  # the int8 copy rollouts generate with (rollout_weights)
         self._rollout_version = -1
         self._reporters: _Reporters | None = None
-        self.settings = RolloutSettings(
-            limits=Limits(
-                max_steps=config.max_code_steps,
-                max_tokens=config.max_tokens,
-                step_timeout=config.step_timeout,
-                time_limit=config.rollout_time_limit,
-            ),
-            profile=config.profile,
-            system_prompt=config.system_prompt,
-        )
+        self.settings = RolloutSettings.from_config(config)
 
     # -- setup -------------------------------------------------------------------------------
 
