@@ -585,9 +585,8 @@ def update_levers(group: int, completion: int) -> list[dict[str, Any]]:
     generator = torch.Generator().manual_seed(0)
     results = []
     for prompt_name, messages in prompts.items():
-        prompt_ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-        if hasattr(prompt_ids, "keys"):
-            prompt_ids = list(prompt_ids["input_ids"])
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        prompt_ids = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
         rollouts = []
         for i in range(group):
             ids = torch.randint(0, 150_000, (completion,), generator=generator).tolist()
