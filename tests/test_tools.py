@@ -34,7 +34,6 @@ from kernel_bridge.tools.finance import (
 )
 from kernel_bridge.tools.guard import ImportGuard
 from kernel_bridge.tools.market import SAMPLE_SOURCE, MarketData
-from tests.test_remote import TOKEN, gateway_url  # noqa: F401 (a fixture)
 
 NY = "America/New_York"
 
@@ -275,11 +274,10 @@ async def test_constructor_arguments_survive_installation_in_a_sidecar_kernel(cu
 
 
 async def test_constructor_arguments_survive_installation_in_a_remote_kernel(
-    gateway_url,  # noqa: F811
-    cutoff_tools,
+    kernel_gateway, cutoff_tools
 ):
     box = Toolbox.of([cutoff_tools, Scaler(7)])
-    async with Kernel(url=gateway_url, token=TOKEN, timeout=20) as k:
+    async with Kernel(url=kernel_gateway.url, token=kernel_gateway.token, timeout=20) as k:
         await box.install(k)
         assert (await k.execute("scale(6)")).output_text == "42"
         result = await k.execute("stock_price.cutoff_date.isoformat()")
