@@ -54,7 +54,6 @@ class _Stream:
     loop: asyncio.AbstractEventLoop
     produced: int = 0
     cancelled: bool = False
-    done: bool = False
 
 
 @dataclass(eq=False)
@@ -433,7 +432,6 @@ class BatchedSampler(TokenContext):
                     delta = stream.out.flush("length", delta)
             if delta.finish_reason is not None:
                 row.stream = None  # leaves at the next pass; its row stays to be continued
-                stream.done = True
             else:
                 row.pending = [token]
             if delta.finish_reason is not None or delta.text or delta.token_ids:
