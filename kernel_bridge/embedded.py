@@ -497,7 +497,6 @@ def _is_converted(target: Path) -> bool:
 def _convert(target: Path, cache_dir: str | os.PathLike[str] | None) -> None:
     """De-quantize the GGUF once and save it as safetensors, atomically (temp dir, then rename)."""
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = gguf_path(cache_dir)
@@ -507,6 +506,23 @@ def _convert(target: Path, cache_dir: str | os.PathLike[str] | None) -> None:
         model: Any = AutoModelForCausalLM.from_pretrained(
             source.parent, gguf_file=source.name, dtype=torch.bfloat16, **_dequantized()
         )
+    meta = {
+        "model": EMBEDDED_MODEL_ID,
+        "source": GGUF_NAME,
+        "source_sha256": GGUF_SHA256,
+        "format": _CONVERSION_FORMAT,
+    }
+    save_conversion(model, tokenizer, target, meta, _is_converted)
+
+
+def save_conversion(
+    model: Any, tokenizer: Any, target: Path, meta: dict[str, Any], is_converted: Any
+) -> None:
+    """Save a de-quantized GGUF model into ``target`` (safetensors, tokenizer, int8 weights and
+    the ``meta`` marker), atomically: a temporary directory renamed at the end. A conversion
+    that ``is_converted(target)`` accepts, finished meanwhile by another process, is kept."""
+    from safetensors.torch import save_file
+
     # The weights are plain tensors now; without this, save_pretrained refuses ("not serializable").
     model.hf_quantizer = None
     with contextlib.suppress(AttributeError):
@@ -518,14 +534,8 @@ def _convert(target: Path, cache_dir: str | os.PathLike[str] | None) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         save_file(int8, str(tmp / _INT8_WEIGHTS))
-        meta = {
-            "model": EMBEDDED_MODEL_ID,
-            "source": GGUF_NAME,
-            "source_sha256": GGUF_SHA256,
-            "format": _CONVERSION_FORMAT,
-        }
         (tmp / _CONVERTED_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-        if _is_converted(target):  # another process finished first; keep its copy
+        if is_converted(target):  # another process finished first; keep its copy
             shutil.rmtree(tmp)
             return
         if target.exists():  # a stale conversion (no marker, or another source or format)

@@ -9,24 +9,21 @@ line that says what to do.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from kernel_bridge.embedded import (
     _dequantized,
     _floating_dtype,
-    _int8_weights,
     _progress_bars_off,
     _shared_gguf_reader,
     _use_int8_linears,
     cache_root,
+    save_conversion,
 )
 from kernel_bridge.samplers import ModelSpecError
 
@@ -183,7 +180,6 @@ def _convert(source: Path, target: Path) -> None:
     """De-quantize ``source`` once into ``target`` (safetensors, tokenizer, int8 weights),
     atomically: a temporary directory renamed at the end."""
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -196,27 +192,8 @@ def _convert(source: Path, target: Path) -> None:
         raise GGUFError(
             f"gguf:{source}: transformers could not load it ({type(e).__name__}: {_short(e)})"
         ) from e
-    model.hf_quantizer = None  # plain tensors now; save_pretrained refuses otherwise
-    with contextlib.suppress(AttributeError):
-        del model.config.quantization_config
-    int8 = _int8_weights(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        save_file(int8, str(tmp / _INT8))
-        meta = {"source": os.fspath(source), "source_sha256": target.name, "format": _FORMAT}
-        (tmp / _MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-        if _is_converted(target):  # another process finished first; keep its copy
-            shutil.rmtree(tmp)
-            return
-        if target.exists():  # a stale or unfinished conversion
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    meta = {"source": os.fspath(source), "source_sha256": target.name, "format": _FORMAT}
+    save_conversion(model, tokenizer, target, meta, _is_converted)
 
 
 def _supported_architectures() -> frozenset[str]:
