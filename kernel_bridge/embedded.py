@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import typing
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -199,7 +200,7 @@ def load_embedded(
     else:
         with torch.no_grad():
             for name, delta in deltas.items():
-                weight = model.get_submodule(name).weight
+                weight = typing.cast("torch.Tensor", model.get_submodule(name).weight)
                 weight.copy_(weight.float() + delta.float())
     model.eval()
     return model, tokenizer
@@ -358,6 +359,8 @@ def _int8_linear_class() -> type:
         ) -> None:
             super().__init__()
             self.packed = packed
+            self.row_sums: torch.Tensor
+            self.bias: torch.Tensor | None
             self.register_buffer("row_sums", row_sums, persistent=False)
             self.register_buffer("bias", bias, persistent=False)
             self.out_features, self.in_features = shape

@@ -78,14 +78,15 @@ def _slab_layer_class() -> type:
 
         def __init__(self, keys: Any, values: Any, length: int) -> None:
             super().__init__()
-            self.slab_keys, self.slab_values = keys, values
+            self.slab_keys, self.slab_values, self.length = keys, values, length
             self.keys, self.values = keys[:, :, :length], values[:, :, :length]
             self.device, self.is_initialized = keys.device, True
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
-            n, k = self.keys.shape[-2], key_states.shape[-2]
+            n, k = self.length, key_states.shape[-2]
             self.slab_keys[:, :, n : n + k] = key_states
             self.slab_values[:, :, n : n + k] = value_states
+            self.length = n + k
             self.keys = self.slab_keys[:, :, : n + k]
             self.values = self.slab_values[:, :, : n + k]
             return self.keys, self.values
@@ -223,12 +224,12 @@ class BatchedSampler(TokenContext):
         for stream in self._inbox:
             if stream.cancelled:
                 continue
-            row = self._row_for(stream.context, batch) if len(batch) < self.max_batch else None
-            if row is None:
+            found = self._row_for(stream.context, batch) if len(batch) < self.max_batch else None
+            if found is None:
                 waiting.append(stream)
                 continue
-            row.stream = stream
-            batch.append(row)
+            found.stream = stream
+            batch.append(found)
             joined = True
         self._inbox = waiting
         if leaving or joined:
@@ -238,7 +239,8 @@ class BatchedSampler(TokenContext):
         """A row for ``context``: the parked row it continues, else a copy of the prefix it
         shares with a row, else a new row. None: a row that joined in this pass shares its
         prompt, so it waits a pass and copies that row's keys and values instead."""
-        best, shared = None, 0
+        best: _Row | None = None
+        shared = 0
         for row in [*self._parked, *batch]:
             n = common_prefix(row.ids, context)
             if n > shared:
@@ -276,7 +278,7 @@ class BatchedSampler(TokenContext):
         old = {id(r): b for b, r in enumerate(self._rows)}
         # Where each row's cached keys and values are now: a row of the old slabs, or a parked
         # row's own tensors (its columns are 0, 1, 2, … there).
-        copies = []
+        copies: list[tuple[int, Any, Any, Any, int]] = []
         for b, row in enumerate(rows):
             n = len(row.ids)
             valid[b, :n] = True
