@@ -200,14 +200,30 @@ def template_start_section(
     return "think" if opens_thinking(opened[shared:], profile) else None
 
 
-def get_profile(name: str) -> Profile:
-    """The registered profile called ``name``; a ValueError lists the valid names."""
+def profile_from_template(tokenizer: Any) -> Profile:
+    """The profile a model was trained to write, read from its chat template: ReTool-style
+    checkpoints render tool results in ``<interpreter>`` tags, so their template names that
+    tag; every other template (and a model without one, as behind an API) gets markdown fences,
+    which all code models know. Think-first templates need no profile of their own: both
+    profiles have think tags, and `template_start_section` starts the turn inside them."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates ({"default": …, "tool_use": …})
+        template = "\n".join(t for t in template.values() if isinstance(t, str))
+    if isinstance(template, str) and RETOOL.output_tags[0] in template:
+        return RETOOL
+    return MARKDOWN
+
+
+def get_profile(name: str, tokenizer: Any = None) -> Profile:
+    """The registered profile called ``name``, or for ``"auto"`` the one the chat template of
+    ``tokenizer`` implies (`profile_from_template`); a ValueError lists the valid names."""
+    if name == "auto":
+        return profile_from_template(tokenizer)
     try:
         return PROFILES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown profile {name!r}; choose one of: {', '.join(sorted(PROFILES))}"
-        ) from None
+        names = ", ".join(["auto", *sorted(PROFILES)])
+        raise ValueError(f"unknown profile {name!r}; choose one of: {names}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ class Reasoner:
         sampler: Sampler,
         kernel: Executor | None = None,
         *,
-        profile: Profile | str = "markdown",
+        profile: Profile | str = "auto",
         limits: Limits | None = None,
         system_prompt: str | None = None,
         examples: list[dict[str, Any]] | None = None,
@@ -128,7 +128,11 @@ class Reasoner:
     ) -> None:
         self.sampler = sampler
         self.tools = Toolbox.of(tools, authorized_imports)
-        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.profile = (
+            get_profile(profile, getattr(sampler, "tokenizer", None))
+            if isinstance(profile, str)
+            else profile
+        )
         self.limits = limits or Limits()
         self.system_prompt = (
             default_system_prompt(self.profile) if system_prompt is None else system_prompt

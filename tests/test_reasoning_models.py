@@ -341,6 +341,57 @@ async def test_raw_reasoning_model_starts_inside_thinking_and_its_first_block_ru
     assert "Let me compute." in screen
 
 
+# A ReTool-style checkpoint's template: tool results come back to it in <interpreter> tags.
+RETOOL_TEMPLATE = CHATML_TEMPLATE.replace(
+    "{{ m['content'] }}", "{{ m['content'] | replace('```output', '<interpreter>') }}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "profile"),
+    [
+        (RETOOL_TEMPLATE, "retool"),
+        ({"default": RETOOL_TEMPLATE}, "retool"),  # named templates
+        (R1_TEMPLATE, "markdown"),  # think-first is a start section, not a profile
+        (CHATML_TEMPLATE, "markdown"),
+        (None, "markdown"),  # no template (an API model): markdown fences
+    ],
+)
+def test_auto_profile_comes_from_the_chat_template(template, profile):
+    from kernel_bridge.parsing import get_profile
+
+    tokenizer = byte_tokenizer(None)
+    tokenizer.chat_template = template
+    assert get_profile("auto", tokenizer).name == profile
+    assert get_profile("markdown", tokenizer).name == "markdown"  # by hand wins
+
+
+def test_unknown_profile_names_auto_among_the_choices():
+    from kernel_bridge.parsing import get_profile
+
+    with pytest.raises(ValueError, match="unknown profile 'tags'; choose one of: auto, markdown"):
+        get_profile("tags")
+
+
+async def test_retool_checkpoint_served_raw_gets_its_tags_and_its_block_runs():
+    from kernel_bridge.samplers.vllm import VLLMServerSampler
+    from tests.vllm_standin import Completion, VLLMCompletionsStandIn
+
+    tokenizer = byte_tokenizer(RETOOL_TEMPLATE)
+    with VLLMCompletionsStandIn(tokenizer) as server:
+        server.add(
+            Completion("<code>\nprint(6 * 7)\n</code>\n", eos=False, tokens_per_chunk=4),
+            Completion("<answer>42</answer>", tokens_per_chunk=4),
+        )
+        sampler = VLLMServerSampler(server.url, server.model, tokenizer)
+        async with Kernel(timeout=60) as kernel:
+            trace, _, _ = await run_recorded(Reasoner(sampler, kernel), "6*7?")
+    assert trace.profile == "retool"
+    assert [s.output_text for s in trace.steps] == ["42"]
+    assert "<interpreter>\n42\n</interpreter>" in trace.segments[1].text
+    assert trace.answer == "42"
+
+
 # -- gguf:PATH: any local GGUF file ---------------------------------------------------------------
 
 GGUF_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
