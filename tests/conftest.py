@@ -1,4 +1,9 @@
-"""Shared fixtures; the session ends by checking that no kernel process or file was left behind."""
+"""Shared fixtures; the session ends by checking that no kernel process or file was left behind.
+
+Under pytest-xdist (``-n 2``, with ``--dist loadgroup`` from pyproject.toml) each worker is its own
+session: its own kernel pool, its own leak check. Tests that share a costly fixture are kept on
+one worker by ``xdist_group`` marks (see ``pytest_collection_modifyitems``).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,14 @@ from dataclasses import dataclass
 
 import psutil
 import pytest
+import pytest_asyncio
 
-from kernel_bridge import Kernel
+from kernel_bridge import KernelPool
+
+# Each xdist worker gets its share of the cores for torch's threads (and its kernels'): two
+# workers on two cores then run two busy threads, not four that spin against each other.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 
 def _kernel_processes() -> list[psutil.Process]:
@@ -45,9 +56,42 @@ def nothing_left_behind():
     assert not left, f"kernel runtime directories left behind: {sorted(left)}"
 
 
-@pytest.fixture
-async def kernel():
-    async with Kernel(timeout=20) as k:
+def _shares_a_costly_fixture(item: pytest.Item) -> bool:
+    """True when the test uses a module-scoped fixture (a server, a model, a notebook run), or a
+    wider one defined in its own module: built once per worker that runs such a test."""
+    module = item.nodeid.split("::")[0]
+    for defs in item._fixtureinfo.name2fixturedefs.values():  # type: ignore[attr-defined]
+        fixture = defs[-1]
+        if fixture.scope == "module" and fixture.baseid:  # a baseid: not a plugin's fixture
+            return True
+        if fixture.scope != "function" and fixture.baseid == module:
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        # The pool's kernels live on the session's event loop, so a test using one runs there.
+        if "kernel" in item.fixturenames and pytest_asyncio.is_async_test(item):
+            item.add_marker(pytest.mark.asyncio(loop_scope="session"), append=False)
+        # A module's tests that share a costly fixture run on one worker, which builds it once;
+        # an explicit xdist_group (the embedded model's tests) wins.
+        if item.get_closest_marker("xdist_group") is None and _shares_a_costly_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def kernel_pool():
+    """Kernels started ahead of the tests that take ``kernel``; each is handed out once."""
+    async with KernelPool(size=2, timeout=20) as pool:
+        yield pool
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kernel(kernel_pool):
+    """A fresh, already started kernel that no other test has used; shut down afterwards."""
+    async with kernel_pool.acquire() as k:
         yield k
 
 
