@@ -29,6 +29,9 @@ from kernel_bridge.embedded import (
 # Everything here is local; a test must never reach for the Hugging Face hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# One xdist worker runs every module that loads or converts the embedded model.
+pytestmark = pytest.mark.xdist_group("embedded-model")
+
 needs_chunks = pytest.mark.skipif(
     not embedded_available(), reason=f"chunk packages not installed ({INSTALL_HINT})"
 )

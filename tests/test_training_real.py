@@ -16,6 +16,7 @@ from kernel_bridge.training.trainer import Trainer, training_example
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("embedded-model"),  # one xdist worker loads the embedded model
     pytest.mark.skipif(not embedded_available(), reason=f"embedded model missing ({INSTALL_HINT})"),
 ]
 

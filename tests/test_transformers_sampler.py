@@ -10,7 +10,8 @@ from kernel_bridge.samplers.tokens import _partial_stop
 from kernel_bridge.samplers.transformers import GenerationConfig, TransformersSampler
 from kernel_bridge.trace import Segment
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs every module that loads or converts the embedded model.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("embedded-model")]
 
 QUESTION = [{"role": "user", "content": "Write a python code block that prints 17*23."}]
 

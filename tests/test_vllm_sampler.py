@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from kernel_bridge import Kernel
 from kernel_bridge.reasoner import Limits, Reasoner
 from kernel_bridge.samplers import ModelSpecError, SampleRequest, make_sampler
 from kernel_bridge.samplers.litellm import LiteLLMSampler
@@ -37,6 +36,9 @@ from tests.vllm_standin import (
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = [{"role": "user", "content": "What is 6*7?"}]
 FIRST = "<think>Let me compute.\n```python\nx = 6 * 7\nprint(x)\n```\n"
+
+# One xdist worker runs every module that loads or converts the embedded model (model_dir).
+pytestmark = pytest.mark.xdist_group("embedded-model")
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +180,7 @@ async def test_stop_string_ends_the_stream_before_it(server, tokenizer):
     assert tokenizer.decode(ids) == text
 
 
-async def test_non_canonical_ids_survive_into_the_training_view(server, tokenizer):
+async def test_non_canonical_ids_survive_into_the_training_view(server, tokenizer, kernel):
     # The model may sample a tokenization that encode() would never produce ("pr" + "int"):
     # the trace must keep those ids, or training scores tokens the model did not write.
     pieces = ["<think>", "The", " answer", " is", " ", "4", "2", ".</think>", "<answer>", "4"]
@@ -187,8 +189,7 @@ async def test_non_canonical_ids_survive_into_the_training_view(server, tokenize
     text = tokenizer.decode(odd)
     assert tokenizer.encode(text, add_special_tokens=False) != odd
     server.add(Completion(token_ids=odd))
-    async with Kernel(timeout=20) as kernel:
-        trace = await Reasoner(sampler_for(server), kernel).run(QUESTION)
+    trace = await Reasoner(sampler_for(server), kernel).run(QUESTION)
     assert trace.finish_reason == "answer" and trace.answer == "42"
     view = trace.training_view(tokenizer)
     assert view.prompt_ids == server.bodies[0]["prompt"] == trace.prompt_token_ids
@@ -200,7 +201,7 @@ async def test_non_canonical_ids_survive_into_the_training_view(server, tokenize
 # -- the whole loop -------------------------------------------------------------------------------
 
 
-async def test_reasoner_runs_the_block_and_resumes_with_exact_ids(server, tokenizer):
+async def test_reasoner_runs_the_block_and_resumes_with_exact_ids(server, tokenizer, kernel):
     # The script goes on past the block with a made-up output, slowly: the Reasoner must close
     # the stream at the closing fence, run the block, and resume from the real output.
     guessed = "```output\n41\n```\nso it is 41 and so on and so on and so on"
@@ -209,9 +210,8 @@ async def test_reasoner_runs_the_block_and_resumes_with_exact_ids(server, tokeni
         Completion("So it is 42.</think>\n<answer>42</answer>", tokens_per_chunk=2),
     )
     sampler = sampler_for(server)
-    async with Kernel(timeout=20) as kernel:
-        trace = await Reasoner(sampler, kernel).run("What is 6*7?")
-        assert (await kernel.execute("x")).output_text == "42"  # it really ran there
+    trace = await Reasoner(sampler, kernel).run("What is 6*7?")
+    assert (await kernel.execute("x")).output_text == "42"  # it really ran there
     assert trace.finish_reason == "answer" and trace.answer == "42"
     assert [s.output_text for s in trace.steps] == ["42"]
     first, second = server.exchanges
@@ -235,16 +235,15 @@ async def test_reasoner_runs_the_block_and_resumes_with_exact_ids(server, tokeni
     assert trace.model == f"vllm:{server.url}#{server.model}"
 
 
-async def test_cancelling_a_run_aborts_the_request(server):
+async def test_cancelling_a_run_aborts_the_request(server, kernel):
     server.add(Completion("<think>" + "thinking " * 300, delay=0.03))
-    async with Kernel(timeout=20) as kernel:
-        reasoner = Reasoner(sampler_for(server), kernel, limits=Limits(max_tokens=10_000))
-        task = asyncio.create_task(reasoner.run("q"))
-        while not server.exchanges or not server.exchanges[0].sent_at:
-            await asyncio.sleep(0.02)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    reasoner = Reasoner(sampler_for(server), kernel, limits=Limits(max_tokens=10_000))
+    task = asyncio.create_task(reasoner.run("q"))
+    while not server.exchanges or not server.exchanges[0].sent_at:
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     exchange = await server.done(0)
     assert exchange.disconnected and not exchange.completed
     assert reasoner.trace is not None and reasoner.trace.finish_reason == "interrupted"
@@ -446,13 +445,12 @@ async def test_engine_request_is_aborted_when_the_stream_closes(vllm_standin, to
     assert vllm_standin.calls[0].yielded < 10
 
 
-async def test_engine_runs_the_reasoner_and_resumes_with_exact_ids(vllm_standin, tokenizer):
+async def test_engine_runs_the_reasoner_and_resumes_with_exact_ids(vllm_standin, tokenizer, kernel):
     vllm_standin.completions.extend(
         [Completion(FIRST + "```output\n41\n```\n"), Completion("42.</think><answer>42</answer>")]
     )
     sampler = VLLMEngineSampler(vllm_standin, tokenizer)
-    async with Kernel(timeout=20) as kernel:
-        trace = await Reasoner(sampler, kernel).run("What is 6*7?")
+    trace = await Reasoner(sampler, kernel).run("What is 6*7?")
     assert trace.answer == "42" and [s.output_text for s in trace.steps] == ["42"]
     first, second = vllm_standin.calls
     model, tool, final = trace.segments
