@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import warnings
 from pathlib import Path
@@ -429,6 +430,33 @@ def test_tool_tokens_are_masked_out_of_the_loss() -> None:
     assert view.mask == expected
     tool_ids = sum(len(s.token_ids or []) for s in trace.segments if s.kind == "tool")
     assert view.mask.count(0) == tool_ids > 0
+
+
+def test_training_view_keeps_each_recorded_logprob_at_its_token() -> None:
+    trace = realistic_trace()
+    for n, segment in enumerate(trace.segments):
+        if segment.kind == "model":  # a distinct value per token: a shift would show
+            segment.logprobs = [-(n + i / 1000) for i in range(len(segment.token_ids or []))]
+    view = trace.training_view(TOKENIZER)
+    assert len(view.logprobs) == len(view.completion_ids)
+    at = 0
+    for segment in trace.segments:
+        ids = segment.token_ids or []
+        here = view.logprobs[at : at + len(ids)]
+        assert view.completion_ids[at : at + len(ids)] == ids
+        if segment.kind == "model":
+            assert here == segment.logprobs
+        else:  # the tool wrote these: nothing was sampled, nothing recorded
+            assert all(math.isnan(x) for x in here)
+        at += len(ids)
+
+
+def test_training_view_has_no_logprobs_where_no_ids_were_recorded() -> None:
+    trace = realistic_trace(record_ids=False)
+    trace.segments[0].logprobs = [-0.5]  # without its ids a value has no token to belong to
+    view = trace.training_view(TOKENIZER)
+    assert len(view.logprobs) == len(view.completion_ids) > 0
+    assert all(math.isnan(x) for x in view.logprobs)
 
 
 def test_training_view_tokenizes_each_segment_when_no_ids_were_recorded() -> None:
