@@ -1,0 +1,71 @@
+"""Settings every executor of model code shares, and the checks that keep limits meaningful.
+
+``BlockSettings`` (timeout, output caps) is the base of ``Kernel`` and ``ShellExecutor``;
+``check_seconds``, ``check_count`` and the ``Seconds`` traitlet refuse values that would silently
+remove a limit (NaN, infinity, a negative count).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from traitlets import Float, Int, TraitError
+from traitlets.config import LoggingConfigurable
+
+
+def check_seconds(value: Any, what: str, *, allow_zero: bool = False) -> float:
+    """``value`` as a duration: a finite number of seconds above 0 (or 0 too, with
+    ``allow_zero``). NaN or infinity would silently remove a limit, so they are errors."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "0 or more" if allow_zero else "above 0"
+        raise ValueError(f"{what} must be a finite number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
+def check_count(value: Any, what: str, minimum: int = 1) -> int:
+    """``value`` as a whole number of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what} must be at least {minimum}, got {value!r}")
+    return int(value)
+
+
+class Seconds(Float):
+    """A traitlet for a duration: a finite number of seconds above 0 (or 0 too, ``allow_zero``)."""
+
+    def __init__(self, default_value: float, *, allow_zero: bool = False, **kwargs: Any) -> None:
+        self.allow_zero = allow_zero
+        super().__init__(default_value, **kwargs)
+
+    def validate(self, obj: Any, value: Any) -> float:
+        value = super().validate(obj, value)
+        try:
+            return check_seconds(
+                value, f"{type(obj).__name__}.{self.name}", allow_zero=self.allow_zero
+            )
+        except ValueError as e:
+            raise TraitError(str(e)) from None
+
+
+class BlockSettings(LoggingConfigurable):
+    """What every executor of model code shares: the block timeout and how much output is kept."""
+
+    timeout = Seconds(30.0, help="Seconds a block may run before it is interrupted.").tag(
+        config=True
+    )
+    output_cap = Int(2000, min=0, help="Characters of output the model reads (head and tail).").tag(
+        config=True
+    )
+    store_cap = Int(
+        200_000,
+        min=0,
+        help="Characters kept per stream output in the notebook outputs (head and tail).",
+    ).tag(config=True)
+
+
+__all__ = ["BlockSettings", "Seconds", "check_count", "check_seconds"]
