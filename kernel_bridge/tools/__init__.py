@@ -1,10 +1,11 @@
 """Tools inside the kernel: live Python objects the model calls from its code.
 
 ``Toolbox`` gathers tools (ours, smolagents', plain functions) and the guards a session needs. It
-installs them into a ``Kernel`` (local, sidecar or remote) by pickling the tool *instances*, so
-constructor arguments such as a finance tool's cutoff arrive exactly as set (smolagents' remote
-executors rebuild tools with default arguments and lose them); the install runs again after every
-kernel restart. ``Toolbox.prompt()`` describes the tools to the model as Python signatures.
+installs them through the executor's ``add_setup``: into a ``Kernel`` (local, sidecar or remote)
+by pickling the tool *instances*, so constructor arguments such as a finance tool's cutoff arrive
+exactly as set (smolagents' remote executors rebuild tools with default arguments and lose them);
+the install runs again after every kernel restart. ``Toolbox.prompt()`` describes the tools to
+the model as Python signatures.
 
     from kernel_bridge.tools import toolset
     tools = toolset("finance", cutoff="2008-06-30")
@@ -18,9 +19,12 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel_bridge.tools.base import FunctionTool, Tool, ToolError, as_tool, describe, tool
+
+if TYPE_CHECKING:
+    from kernel_bridge.tools.guard import HostGuard, ImportGuard
 
 TOOLSETS = ("finance", "documents")
 
@@ -144,31 +148,33 @@ class Toolbox:
             "del _kernel_bridge_install\n"
         )
 
+    def guards(self) -> list[ImportGuard | HostGuard]:
+        """The guards as objects, for an executor in this process (``install_code`` puts the same
+        guards in place in a kernel)."""
+        if not self.has_guards:
+            return []
+        from kernel_bridge.tools.guard import HostGuard, ImportGuard
+
+        guards: list[ImportGuard | HostGuard] = []
+        if self.blocked_imports or self.authorized_imports is not None:
+            guards.append(ImportGuard(self.blocked_imports, self.authorized_imports, self.reason))
+        if self.blocked_hosts:
+            guards.append(HostGuard(self.blocked_hosts, self.reason))
+        return guards
+
     async def install(self, executor: Any) -> None:
-        """Install into ``executor``: a ``Kernel`` (now and after every restart) or a
-        ``ShellExecutor`` (the notebook's own namespace; the guards apply to model blocks only)."""
+        """Install into ``executor`` through its ``add_setup`` (a ``SetupExecutor``), which takes
+        the form it needs: a ``Kernel`` runs ``install_code()`` now and after every restart; a
+        ``ShellExecutor`` takes ``namespace()`` and ``guards()`` (on for model blocks only)."""
         if not self:
             return
-        from kernel_bridge.executors import ShellExecutor
-        from kernel_bridge.kernel import Kernel
+        from kernel_bridge.execution.result import SetupExecutor
 
-        if isinstance(executor, Kernel):
-            await executor.add_setup_code(self.install_code())
-        elif isinstance(executor, ShellExecutor):
-            executor.shell.user_ns.update(self.namespace())
-            if self.has_guards:
-                from kernel_bridge.tools.guard import HostGuard, ImportGuard
-
-                guards: list[ImportGuard | HostGuard] = []
-                if self.blocked_imports or self.authorized_imports is not None:
-                    guards.append(
-                        ImportGuard(self.blocked_imports, self.authorized_imports, self.reason)
-                    )
-                if self.blocked_hosts:
-                    guards.append(HostGuard(self.blocked_hosts, self.reason))
-                executor.set_guards(guards)
-        else:
-            raise TypeError(f"cannot install tools into {type(executor).__name__}")
+        if not isinstance(executor, SetupExecutor):
+            raise TypeError(
+                f"cannot install tools into {type(executor).__name__}: it has no add_setup()"
+            )
+        await executor.add_setup(self)
 
 
 def _dumps(namespace: dict[str, Any]) -> bytes:
