@@ -10,9 +10,13 @@ import math
 import pytest
 import torch
 
+from kernel_bridge.reasoner import Limits, Reasoner
+from kernel_bridge.samplers.scripted import ScriptedSampler
+from kernel_bridge.samplers.transformers import GenerationConfig, TransformersSampler
 from kernel_bridge.trace import Segment, Span, Step, Trace
+from kernel_bridge.training.batch import LogprobCheck, make_batch, training_example
 from kernel_bridge.training.config import ConfigError, TrainConfig, load_config
-from kernel_bridge.training.grpo import group_advantages, grpo_loss, make_batch, token_logprobs
+from kernel_bridge.training.grpo import group_advantages, grpo_loss, token_logprobs
 from kernel_bridge.training.policy import tiny_policy
 from kernel_bridge.training.rewards import (
     Rewards,
@@ -35,7 +39,7 @@ from kernel_bridge.training.tasks import (
     market_closes,
     split_tasks,
 )
-from kernel_bridge.training.trainer import _LogprobCheck, training_example
+from tests.samplers_standins import TurnsSamplerStandIn
 
 # -- advantages ----------------------------------------------------------------------------------
 
@@ -264,7 +268,7 @@ def test_training_example_keeps_recorded_ids_and_logprobs_and_appends_the_end_of
 
 
 def test_old_logprobs_are_the_recorded_ones_unless_they_disagree():
-    check = _LogprobCheck(tolerance=0.5)
+    check = LogprobCheck(tolerance=0.5)
     recorded = torch.tensor([[-1.0, float("nan"), -2.0], [-1.0, -1.0, -1.0]])
     trainer = torch.tensor([[-1.1, -3.0, -2.0], [-1.0, -2.0, -1.0]])
     mask = torch.ones(2, 3, dtype=torch.bool)
@@ -274,6 +278,57 @@ def test_old_logprobs_are_the_recorded_ones_unless_they_disagree():
     stats = check.stats()
     assert stats["logprob_diff_max"] == pytest.approx(1.0)
     assert stats["logprob_fallbacks"] == 1
+
+
+async def test_a_run_through_the_kernel_has_recorded_logprobs_exactly_at_its_model_tokens(
+    tiny, kernel
+):
+    """A real run (Reasoner, kernel, a stand-in model that records ids and logprobs): in the
+    training view every model token carries its recorded logprob, every tool token none. A run
+    whose sampler records no ids (the ScriptedSampler) has no logprobs, one NaN per id."""
+    _, tokenizer = tiny
+    turns = ["```python\nprint(6 * 7)\n```\n", "<answer>42</answer>"]
+    sampler = TurnsSamplerStandIn(turns, chunk_size=4, token_ids=True)
+    trace = await Reasoner(sampler, kernel).run("What is 6 * 7?")
+    assert [s.kind for s in trace.segments] == ["model", "tool", "model"]
+    assert trace.steps[0].output_text.strip() == "42" and trace.answer == "42"
+    view = trace.training_view(tokenizer)
+    assert len(view.logprobs) == len(view.completion_ids) == len(view.mask)
+    model_ids = [token for ids in sampler.emitted_ids for token in ids]
+    assert [t for t, m in zip(view.completion_ids, view.mask, strict=True) if m] == model_ids
+    for m, logprob in zip(view.mask, view.logprobs, strict=True):
+        assert (logprob == -0.5) if m else math.isnan(logprob)
+    assert view.mask.count(0) == len(trace.segments[1].text)  # the output block, one id a char
+
+    scripted = await Reasoner(ScriptedSampler("".join(turns)), kernel).run("What is 6 * 7?")
+    assert [s.kind for s in scripted.segments] == ["model", "tool", "model"]
+    view = scripted.training_view(tokenizer)
+    per_segment = [tokenizer.encode(s.text, add_special_tokens=False) for s in scripted.segments]
+    assert view.completion_ids == [token for ids in per_segment for token in ids]
+    assert len(view.logprobs) == len(view.completion_ids)
+    assert all(math.isnan(x) for x in view.logprobs)
+
+
+async def test_a_sampled_runs_recorded_logprobs_are_the_policys_at_the_same_tokens():
+    """The transformers sampler records each sampled token's logprob; in the training view it
+    sits at that token, so the trainer's logprob for the same position is the same number."""
+    model, tokenizer = tiny_policy(seed=2)
+    sampler = TransformersSampler(
+        model.eval(), tokenizer, config=GenerationConfig(temperature=1.0, max_new_tokens=24)
+    )
+    limits = Limits(max_tokens=24)
+    async with Reasoner(sampler, limits=limits, system_prompt="", examples=[]) as reasoner:
+        trace = await reasoner.run("Reply with digits.")
+    view = trace.training_view(tokenizer)
+    recorded = [x for s in trace.segments if s.kind == "model" for x in s.logprobs or []]
+    assert len(recorded) > 0 and view.prompt_ids == trace.prompt_token_ids
+    example = training_example(trace, tokenizer, 1.0, max_len=4096)
+    batch = make_batch([example.row], [1.0], tokenizer.pad_token_id)
+    with torch.no_grad():
+        trainer = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.start)
+    have = batch.mask & ~batch.recorded.isnan()
+    assert int(have.sum()) == len(recorded)
+    assert (batch.recorded - trainer)[have].abs().max() < 1e-4
 
 
 # -- rewards -------------------------------------------------------------------------------------

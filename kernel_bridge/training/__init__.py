@@ -6,10 +6,11 @@
         await trainer.train()
 
 The pieces, in the order data flows through them: ``tasks`` (questions with checkable answers),
-``rollout`` (G runs per task, a fresh kernel each), ``rewards`` (functions of a trace), ``grpo``
-(advantages, the loss, chunked logprobs), ``trainer`` (the loop, checkpoints, evaluation),
-``colocate`` (vLLM on the trainer's GPU). Names are imported lazily, so reading a config does not
-import torch.
+``rollout`` (G runs per task, a fresh kernel each), ``rewards`` (functions of a trace), ``batch``
+(traces to padded tensors with the recorded logprobs), ``grpo`` (advantages, the loss, chunked
+logprobs), ``trainer`` (the loop, evaluation), ``checkpoints``, ``metrics`` (what a step
+reports), ``colocate`` (vLLM on the trainer's GPU). Names are imported lazily, so reading a
+config does not import torch.
 """
 
 from __future__ import annotations

@@ -15,14 +15,16 @@ KL(π_θ‖π_ref).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from kernel_bridge.samplers.tokens import common_prefix
+# The padded batch the loss is computed on is built in batch.py; its names are importable here.
+from kernel_bridge.training.batch import Batch, make_batch
+
+__all__ = ["Batch", "group_advantages", "grpo_loss", "make_batch", "token_logprobs"]
 
 
 def group_advantages(
@@ -173,73 +175,3 @@ def _decoder(model: Any) -> Any:
     if decoder is None:
         decoder = getattr(base, base.base_model_prefix)
     return decoder
-
-
-# -- batches -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """Sequences padded to one length; completion-aligned tensors start at ``start``.
-
-    ``mask``, ``old_logprobs``, ``recorded`` are [B, T-1-start], aligned with ``token_logprobs``.
-    ``recorded`` holds the sampler's logprobs (NaN where it has none).
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    mask: torch.Tensor
-    recorded: torch.Tensor
-    advantages: torch.Tensor
-    start: int
-    shared: int = 0  # leading tokens every row has in common (at most ``start``)
-
-    def to(self, device: Any) -> Batch:
-        return Batch(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.mask.to(device),
-            self.recorded.to(device),
-            self.advantages.to(device),
-            self.start,
-            self.shared,
-        )
-
-
-def make_batch(
-    sequences: Sequence[tuple[list[int], list[int], list[int], list[float]]],
-    advantages: Sequence[float],
-    pad_id: int,
-) -> Batch:
-    """Pad (prompt ids, completion ids, mask, recorded logprobs) rows into one ``Batch``.
-
-    Logprobs are computed only from the shortest prompt on: prompt positions carry no loss, and on
-    a big vocabulary the LM head over a long system prompt would cost as much as the completion.
-    """
-    lengths = [len(p) + len(c) for p, c, _, _ in sequences]
-    width = max(lengths)
-    start = min(len(p) for p, _, _, _ in sequences) - 1
-    rows = len(sequences)
-    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((rows, width), dtype=torch.long)
-    mask = torch.zeros((rows, width - 1), dtype=torch.bool)
-    recorded = torch.full((rows, width - 1), float("nan"))
-    for row, (prompt, completion, loss_mask, logps) in enumerate(sequences):
-        ids = prompt + completion
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
-        # Position t predicts token t + 1: completion token j sits at len(prompt) - 1 + j.
-        at = len(prompt) - 1
-        mask[row, at : at + len(completion)] = torch.tensor(loss_mask, dtype=torch.bool)
-        recorded[row, at : at + len(completion)] = torch.tensor(logps, dtype=torch.float32)
-    first = sequences[0][0]
-    shared = min(common_prefix(first, p) for p, _, _, _ in sequences)
-    return Batch(
-        input_ids,
-        attention,
-        mask[:, start:],
-        recorded[:, start:],
-        torch.tensor(list(advantages), dtype=torch.float32),
-        start,
-        min(shared, start),
-    )

@@ -2,16 +2,17 @@
 
 One step: ``prompts_per_step`` tasks, ``group_size`` rollouts each through the ``Reasoner`` with a
 fresh kernel per rollout; every trace scored by the rewards; advantages normalized within each
-group; the batch built from ``Trace.training_view`` (the sampler's own token ids, never the
-re-tokenized text); the loss of ``grpo.grpo_loss`` over model tokens only; one optimizer step per
-pass over the batch; then the sampler gets the new weights (the transformers sampler drops its KV
-cache, the colocated vLLM engine receives the weights and resets its prefix cache).
+group; the batch built from ``Trace.training_view`` (``batch.py``: the sampler's own token ids and
+logprobs, never the re-tokenized text); the loss of ``grpo.grpo_loss`` over model tokens only; one
+optimizer step per pass over the batch; then the sampler gets the new weights (the transformers
+sampler drops its KV cache, the colocated vLLM engine receives the weights and resets its prefix
+cache). Checkpoints are in ``checkpoints.py``, what a step reports in ``metrics.py``.
 
 Old-policy logprobs (``old_logprobs = "sampler"``, the default) are the ones the sampler recorded
 while generating; the trainer's own values for the same tokens, from the first forward pass of
 the update (the policy has not changed yet), check them: a trace whose recorded logprobs differ by
 more than ``logprob_tolerance`` anywhere, and any token without a recorded value, uses the
-trainer's. ``logprob_diff_max`` in the metrics is that comparison.
+trainer's (``batch.LogprobCheck``). ``logprob_diff_max`` in the metrics is that comparison.
 """
 
 from __future__ import annotations
@@ -19,15 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
-import math
 import random
-import resource
-import shutil
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,64 +31,25 @@ import torch
 
 from kernel_bridge.kernel import KernelPool
 from kernel_bridge.trace import Trace, TraceStore, load_traces
+from kernel_bridge.training import checkpoints
+from kernel_bridge.training.batch import Example, LogprobCheck, training_example, update_batch
 from kernel_bridge.training.config import ConfigError, TrainConfig
-from kernel_bridge.training.evaluate import evaluate_sampler, rollout_metrics
-from kernel_bridge.training.grpo import group_advantages, grpo_loss, make_batch, token_logprobs
+from kernel_bridge.training.evaluate import evaluate_sampler
+from kernel_bridge.training.grpo import group_advantages, grpo_loss, token_logprobs
+from kernel_bridge.training.metrics import (
+    Progress,
+    Reporters,
+    append_jsonl,
+    reset_peak_memory,
+    step_metrics,
+)
 from kernel_bridge.training.policy import load_policy, trainable_parameters
 from kernel_bridge.training.rewards import RewardFn, Rewards, as_rewards
 from kernel_bridge.training.rollout import Rollout, RolloutSettings, collect_rollouts
 from kernel_bridge.training.tasks import Task, builtin_tasks, hold_out, load_tasks, split_tasks
 
-NAN = float("nan")
-
-
-@dataclass
-class Example:
-    """One trace as the update sees it; ``recorded`` is the sampler's logprob per completion token
-    (NaN where it has none)."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    mask: list[int]
-    recorded: list[float]
-    advantage: float
-
-    @property
-    def row(self) -> tuple[list[int], list[int], list[int], list[float]]:
-        return self.prompt_ids, self.completion_ids, self.mask, self.recorded
-
-
-def training_example(trace: Trace, tokenizer: Any, advantage: float, max_len: int) -> Example:
-    """``trace.training_view`` plus the recorded logprobs, cut to ``max_len`` tokens.
-
-    A run that ended with an answer ended because the model sampled its end-of-turn token, which
-    the trace does not keep; it is appended (a model token) so the policy also learns when to stop.
-    """
-    view = trace.training_view(tokenizer)
-    recorded: list[float] = []
-    for segment in trace.segments:
-        if segment.token_ids is not None:
-            count = len(segment.token_ids)
-        else:
-            count = len(tokenizer.encode(segment.text, add_special_tokens=False))
-        if segment.kind == "model" and segment.token_ids is not None and segment.logprobs:
-            recorded.extend(segment.logprobs)
-        else:
-            recorded.extend([NAN] * count)
-    completion, mask = list(view.completion_ids), list(view.mask)
-    assert len(recorded) == len(completion), "recorded logprobs out of step with the view"
-    eos = getattr(tokenizer, "eos_token_id", None)
-    ended = (
-        trace.finish_reason == "answer" and trace.segments and trace.segments[-1].kind == "model"
-    )
-    if ended and eos is not None:
-        completion.append(eos)
-        mask.append(1)
-        recorded.append(NAN)
-    room = max(0, max_len - len(view.prompt_ids))
-    return Example(
-        view.prompt_ids, completion[:room], mask[:room], recorded[:room], float(advantage)
-    )
+# Example and training_example live in batch.py; they are importable from here too.
+__all__ = ["Example", "Trainer", "run", "run_eval", "training_example"]
 
 
 class Trainer:
@@ -149,7 +106,7 @@ class Trainer:
         self.engine: Any = None  # ColocatedVLLM on the vLLM backend
         self.rollout_model: Any = None  # the int8 copy rollouts generate with (rollout_weights)
         self._rollout_version = -1
-        self._reporters: _Reporters | None = None
+        self._reporters: Reporters | None = None
         self.settings = RolloutSettings.from_config(config)
 
     # -- setup -------------------------------------------------------------------------------
@@ -195,10 +152,10 @@ class Trainer:
         c = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if c.resume:
-            latest = latest_checkpoint(self.out_dir)
+            latest = checkpoints.latest(self.out_dir)
             if latest is not None:
                 self.load_checkpoint(latest)
-                _truncate_jsonl(self.out_dir / "metrics.jsonl", self.step)  # steps run again
+                checkpoints.truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
         if self.backend == "vllm":
             from kernel_bridge.training.colocate import ColocatedVLLM, vllm_model_path
 
@@ -223,7 +180,7 @@ class Trainer:
             self.settings.concurrency = c.rollout_batch
         if self.offline is None or c.eval_every:
             self.pool = await KernelPool(size=c.pool_size).start()
-        self._reporters = _Reporters(c, self.out_dir)
+        self._reporters = Reporters(c, self.out_dir)
         return self
 
     def _transformers_sampler(self, temperature: float) -> Any:
@@ -334,24 +291,17 @@ class Trainer:
         c = self.config
         rewards = torch.tensor([r.reward.total for r in rollouts])  # type: ignore[union-attr]
         advantages = group_advantages(rewards, [r.group for r in rollouts], c.scale_rewards)
-        examples = [
-            training_example(r.trace, self.tokenizer, float(a), c.max_seq_len)
-            for r, a in zip(rollouts, advantages, strict=True)
-        ]
-        num_tokens = sum(sum(e.mask) for e in examples)  # every model token of the batch
-        # With β = 0 a zero advantage makes a sequence's loss exactly 0: skip its forward pass.
-        active = [e for e in examples if sum(e.mask) and (e.advantage != 0 or c.beta > 0)]
-        # A group's rows together (their prompt runs once per micro-batch), longest first.
-        active.sort(key=lambda e: (e.prompt_ids, -len(e.completion_ids)))
-        micro = [
-            active[i : i + c.micro_batch_size] for i in range(0, len(active), c.micro_batch_size)
-        ]
+        data = update_batch(
+            [r.trace for r in rollouts], advantages.tolist(), self.tokenizer,
+            max_len=c.max_seq_len, micro_batch_size=c.micro_batch_size,
+            keep_zero_advantage=c.beta > 0,
+        )  # fmt: skip
         stats: dict[str, float] = {
-            "sequences_updated": len(active),
-            "model_tokens_batch": num_tokens,
+            "sequences_updated": data.sequences_updated,
+            "model_tokens_batch": data.num_tokens,
         }
-        check = _LogprobCheck(c.logprob_tolerance)
-        if not micro:  # every group's completions scored alike: nothing to learn from this batch
+        check = LogprobCheck(c.logprob_tolerance)
+        if not data.micro:  # every group's completions scored alike: nothing to learn
             return {
                 **stats,
                 **check.stats(),
@@ -364,16 +314,14 @@ class Trainer:
             }
         olds: list[torch.Tensor] = []
         refs: list[torch.Tensor | None] = []
-        pad = self.tokenizer.pad_token_id
         self.model.train()
         losses, clip, kl, tokens_seen = [], [], [], 0
         try:
             for epoch in range(c.updates_per_batch):
                 self.optimizer.zero_grad(set_to_none=True)
                 total = 0.0
-                for i, rows in enumerate(micro):
-                    batch = make_batch([e.row for e in rows], [e.advantage for e in rows], pad)
-                    batch = batch.to(self.device)
+                for i, rows in enumerate(data.micro):
+                    batch = rows.to(self.device)
                     logprobs = token_logprobs(
                         self.model, batch.input_ids, batch.attention_mask, batch.start,
                         c.logprob_chunk, c.temperature, self._shared(batch),
@@ -388,8 +336,8 @@ class Trainer:
                     loss, s = grpo_loss(
                         logprobs, olds[i], batch.advantages, batch.mask, refs[i],
                         clip_low=c.clip_low, clip_high=c.clip_high, beta=c.beta,
-                        aggregation=c.loss_aggregation, num_tokens=num_tokens,
-                        num_sequences=len(examples),
+                        aggregation=c.loss_aggregation, num_tokens=data.num_tokens,
+                        num_sequences=data.num_sequences,
                     )  # fmt: skip
                     loss.backward()
                     total += float(loss.detach())
@@ -438,8 +386,7 @@ class Trainer:
     async def train_step(self) -> dict[str, Any]:
         """One GRPO step (rollouts or recorded traces, then the update); returns its metrics."""
         begin = time.perf_counter()
-        if _cuda(self.device):
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_memory(self.device)
         if self.offline is not None:
             rollouts = self.offline_rollouts(self.step)
         else:
@@ -455,22 +402,13 @@ class Trainer:
         if self.engine is None and self.sampler is not None:
             self.sampler.reset_cache()  # its KV cache holds keys and values of the old weights
         self.step += 1
-        metrics = {
-            "step": self.step,
-            **rollout_metrics(rollouts),
-            **update,
-            "rollout_s": rollout_s,
-            "update_s": update_s,
-            "step_s": time.perf_counter() - begin,
-            "update_tokens_per_s": update["update_tokens"] / update_s if update_s else 0.0,
-            "peak_memory_mb": peak_memory_mb(self.device),
-        }
-        if self.offline is None:
-            metrics["generation_tokens_per_s"] = metrics["model_tokens_total"] / rollout_s
+        metrics = step_metrics(
+            self.step, rollouts, update, rollout_s=rollout_s, update_s=update_s,
+            step_s=time.perf_counter() - begin, device=self.device,
+            generated=self.offline is None,
+        )  # fmt: skip
         if self.config.save_rollouts:
-            store = TraceStore(self.out_dir / "rollouts.jsonl")
-            for rollout in rollouts:
-                store.append(rollout.trace)
+            self._append_traces("rollouts.jsonl", rollouts)
         self.history.append(metrics)
         if self._reporters is not None:
             self._reporters.log(metrics)
@@ -482,7 +420,7 @@ class Trainer:
         c = self.config
         until = steps if steps is not None else c.steps
         done: list[dict[str, Any]] = []
-        bar = _Progress(c.progress, until, self.step)
+        bar = Progress(c.progress, until, self.step)
         try:
             while self.step < until:
                 metrics = await self.train_step()
@@ -524,225 +462,36 @@ class Trainer:
             sampler, tasks, self.pool, self.settings, self.rewards
         )
         metrics: dict[str, Any] = {"step": self.step, **found}
-        store = TraceStore(self.out_dir / "eval_traces.jsonl")
-        for rollout in rollouts:
-            store.append(rollout.trace)
-        with open(self.out_dir / "eval.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(_jsonable(metrics)) + "\n")
+        self._append_traces("eval_traces.jsonl", rollouts)
+        append_jsonl(self.out_dir / "eval.jsonl", metrics)
         if self._reporters is not None:
             self._reporters.log(
                 {f"eval/{k}": v for k, v in metrics.items() if k != "step"}, self.step
             )
         return metrics
 
+    def _append_traces(self, name: str, rollouts: Sequence[Rollout]) -> None:
+        store = TraceStore(self.out_dir / name)
+        for rollout in rollouts:
+            store.append(rollout.trace)
+
     # -- checkpoints -------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
         """Write the trainable weights, optimizer, scheduler and RNG state of this step."""
-        from safetensors.torch import save_file
-
-        root = self.out_dir / "checkpoints"
-        path = root / f"step-{self.step:06d}"
-        tmp = root / f".step-{self.step:06d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        weights = {n: p.detach().cpu().contiguous() for n, p in self.params.items()}
-        save_file(weights, str(tmp / "weights.safetensors"))
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        torch.save(state, tmp / "optimizer.pt")
-        c = self.config
-        info: dict[str, Any] = {"step": self.step, "model": c.model, "lora": c.lora}
-        if c.lora:  # what an adapter file needs (kernel_bridge.embedded.save_adapter)
-            info.update(lora_rank=c.lora_rank, lora_alpha=c.lora_alpha, lora_target=c.lora_target)
-        (tmp / "state.json").write_text(json.dumps(info, indent=2) + "\n")
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
-        for old in sorted(root.glob("step-*"))[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return path
+        return checkpoints.save(
+            self.out_dir, self.step, self.params, self.optimizer, self.scheduler, self.config
+        )
 
     def load_checkpoint(self, path: str | Path) -> int:
         """Restore a checkpoint of the same model; the step count continues from it."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        try:
-            info = json.loads((path / "state.json").read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path} is not a training checkpoint ({e})") from None
-        if (info.get("model"), info.get("lora")) != (self.config.model, self.config.lora):
-            raise ConfigError(
-                f"{path} was written for model={info.get('model')!r}, lora={info.get('lora')}, "
-                f"not model={self.config.model!r}, lora={self.config.lora}; point out_dir "
-                "elsewhere or set resume = false"
-            )
-        weights = load_file(str(path / "weights.safetensors"))
-        if set(weights) != set(self.params):
-            raise ConfigError(f"{path} holds other parameters than this model trains")
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                self.params[name].copy_(tensor)
-        state = torch.load(path / "optimizer.pt", map_location=self.device)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        self.step = int(info["step"])
+        self.step = checkpoints.load(
+            path, self.params, self.optimizer, self.scheduler, self.config, self.device
+        )
         self.weights_version += 1
         if self.sampler is not None and self.engine is None:
             self.sampler.reset_cache()
         return self.step
-
-
-# -- metrics -------------------------------------------------------------------------------------
-
-
-class _LogprobCheck:
-    """Recorded logprobs where they agree with the trainer's; the trainer's elsewhere."""
-
-    def __init__(self, tolerance: float) -> None:
-        self.tolerance = tolerance
-        self.diffs: list[torch.Tensor] = []
-        self.fallbacks = 0
-        self.sequences = 0
-
-    def __call__(
-        self, recorded: torch.Tensor, trainer: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        have = mask & ~torch.isnan(recorded)
-        diff = torch.where(have, (recorded - trainer).abs(), 0.0)
-        self.diffs.append(diff[have].float().cpu())
-        agree = diff.amax(dim=-1) <= self.tolerance  # per sequence
-        self.fallbacks += int((~agree & have.any(-1)).sum())
-        self.sequences += len(agree)
-        use = have & agree[:, None]
-        return torch.where(use, recorded, trainer)
-
-    def stats(self) -> dict[str, float]:
-        diffs = torch.cat(self.diffs) if self.diffs else torch.zeros(0)
-        return {
-            "logprob_diff_max": float(diffs.max()) if len(diffs) else NAN,
-            "logprob_diff_mean": float(diffs.mean()) if len(diffs) else NAN,
-            "logprob_tokens_compared": len(diffs),
-            "logprob_fallbacks": self.fallbacks,
-        }
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory: allocated on the GPU this step, else the process's peak resident set."""
-    if _cuda(device):
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _cuda(device: torch.device) -> bool:
-    return device.type == "cuda"
-
-
-def _mean(values: Sequence[float]) -> float:
-    values = [float(v) for v in values if not math.isnan(float(v))]
-    return statistics.fmean(values) if values else NAN
-
-
-def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
-    """NaN and infinities become null: strict JSON for any reader."""
-    return {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-        for k, v in metrics.items()
-    }
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    found = sorted(Path(out_dir).glob("checkpoints/step-*/state.json"))
-    return found[-1].parent if found else None
-
-
-def _truncate_jsonl(path: Path, step: int) -> None:
-    """Drop metric lines of steps after ``step`` (they are run again after a resume)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except ValueError:
-            continue
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-
-
-class _Reporters:
-    """Metrics to ``out_dir/metrics.jsonl``, and to TensorBoard or W&B when asked for."""
-
-    def __init__(self, config: TrainConfig, out_dir: Path) -> None:
-        self.jsonl = out_dir / "metrics.jsonl" if "jsonl" in config.report_to else None
-        self.tensorboard: Any = None
-        self.wandb: Any = None
-        if "tensorboard" in config.report_to:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError("report_to tensorboard needs: pip install tensorboard") from None
-            self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
-        if "wandb" in config.report_to:
-            try:
-                import wandb
-            except ImportError:
-                raise ConfigError("report_to wandb needs: pip install wandb") from None
-            self.wandb = wandb.init(project="kernel-bridge", config=config.to_dict())
-
-    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        step = int(metrics.get("step", 0)) if step is None else step
-        if self.jsonl is not None and "step" in metrics:
-            with open(self.jsonl, "a", encoding="utf-8") as f:
-                f.write(json.dumps(_jsonable(metrics)) + "\n")
-        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
-        if self.tensorboard is not None:
-            for key, value in numbers.items():
-                self.tensorboard.add_scalar(key, value, step)
-        if self.wandb is not None:
-            self.wandb.log(numbers, step=step)
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-class _Progress:
-    """A tqdm bar over steps showing reward, correctness and tool use (plain lines without tqdm)."""
-
-    def __init__(self, enabled: bool, total: int, initial: int) -> None:
-        self.bar: Any = None
-        self.enabled = enabled
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, initial=initial, desc="GRPO", unit="step")
-            except ImportError:
-                self.bar = None
-
-    def update(self, metrics: dict[str, Any]) -> None:
-        shown = {
-            "reward": f"{metrics['reward']:.3f}",
-            "tool_use": f"{metrics['tool_use']:.2f}",
-        }
-        if "correct" in metrics:
-            shown["correct"] = f"{metrics['correct']:.2f}"
-        if self.bar is not None:
-            self.bar.set_postfix(shown, refresh=False)
-            self.bar.update(1)
-        elif self.enabled:
-            print(f"step {metrics['step']}: " + " ".join(f"{k} {v}" for k, v in shown.items()))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def run(config: TrainConfig, **trainer_options: Any) -> list[dict[str, Any]]:
@@ -761,7 +510,7 @@ def run_eval(config: TrainConfig, checkpoint: str | Path | None = None) -> dict[
 
     async def go() -> dict[str, Any]:
         async with Trainer(config.replace(resume=False)) as trainer:
-            path = Path(checkpoint) if checkpoint else latest_checkpoint(trainer.out_dir)
+            path = Path(checkpoint) if checkpoint else checkpoints.latest(trainer.out_dir)
             if path is not None:
                 trainer.load_checkpoint(path)
             return await trainer.evaluate()

@@ -31,10 +31,10 @@ from kernel_bridge.kernel import KernelPool, LoopThread
 from kernel_bridge.reasoner import Limits
 from kernel_bridge.samplers import Sampler
 from kernel_bridge.trace import Trace, TraceStore
+from kernel_bridge.training.batch import training_example
 from kernel_bridge.training.rewards import RewardFn, Rewards, as_rewards
 from kernel_bridge.training.rollout import RolloutSettings, rollout
 from kernel_bridge.training.tasks import Task
-from kernel_bridge.training.trainer import training_example
 
 # What the rollout_func adds to each completion's inputs for the reward functions.
 TRACE_FIELDS = ("answer", "finish_reason", "steps", "trace", "task")
