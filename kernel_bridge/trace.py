@@ -419,10 +419,9 @@ class Trace:
         notebook.metadata["kernel_bridge"] = {"trace_id": self.id, "model": self.model}
         if self.question is not None:
             notebook.cells.append(nbformat.v4.new_markdown_cell(f"**Question:** {self.question}"))
-        cells = _NotebookCells(self.steps)
-        for segment in self.segments:
-            if segment.kind == "model":
-                cells.add(segment)
+        cells = _NotebookCells()
+        for piece in trace_pieces(self):
+            cells.add(piece)
         notebook.cells.extend(cells.finish())
         return notebook
 
@@ -474,37 +473,74 @@ def _blockquote(text: str) -> str:
     return "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
 
 
-class _NotebookCells:
-    """Turns model segments into notebook cells by their spans.
+@dataclass(frozen=True)
+class TracePiece:
+    """One piece of a saved trace's model text, in order: prose of a section, or a code block.
 
-    Prose (think and text) gathers into one markdown cell until a code cell or the answer breaks it.
+    ``kind`` is the span's (``think``, ``answer``, ``text``, ``code``); ``section`` the prose
+    section a code block sits in; ``step`` the index a code block's span names, and ``ran`` that
+    step when the trace holds it. ``whole_segment``: a segment written before spans existed.
     """
 
-    def __init__(self, steps: list[Step]) -> None:
-        self.steps = steps
-        self.cells: list[NotebookNode] = []
-        self.prose: list[tuple[str, str]] = []  # (span kind, text) not yet in a cell
+    kind: str
+    text: str
+    section: str
+    step: int | None = None
+    ran: Step | None = None
+    whole_segment: bool = False
 
-    def add(self, segment: Segment) -> None:
-        if segment.spans is None:  # written before spans existed: keep the text as it is
-            self._flush()
-            self._markdown(segment.text.strip())
-            return
+
+def trace_pieces(trace: Trace) -> Iterator[TracePiece]:
+    """The model segments of ``trace`` cut by their spans, markup left out: the one walk that the
+    notebook export, the terminal and the JupyterLab sidebar (``fromTrace``) show a trace by."""
+    section = "text"
+    for segment in trace.segments:
+        if segment.kind != "model":
+            continue  # tool segments are the steps' outputs
+        if segment.spans is None:
+            yield TracePiece("text", segment.text, "text", whole_segment=True)
+            continue
         for span in segment.spans:
             text = segment.text[span.start : span.end]
             if span.kind == "markup":
                 continue
-            if span.kind == "code":
-                if span.step is None and self._in_answer():
-                    # Code in the answer is the deliverable: it stays in the answer, unrun.
-                    self.prose.append(("answer_code", text))
-                else:
-                    self._flush()
-                    self.cells.append(self._code_cell(text, span.step))
+            if span.kind != "code":
+                section = span.kind
+                yield TracePiece(span.kind, text, section)
                 continue
-            if self.prose and self._in_answer() != (span.kind == "answer"):
+            # A checkpoint may hold a span whose step has not been recorded yet.
+            ran = None
+            if span.step is not None and 0 <= span.step < len(trace.steps):
+                ran = trace.steps[span.step]
+            yield TracePiece("code", text, section, span.step, ran)
+
+
+class _NotebookCells:
+    """Turns a trace's pieces into notebook cells.
+
+    Prose (think and text) gathers into one markdown cell until a code cell or the answer breaks it.
+    """
+
+    def __init__(self) -> None:
+        self.cells: list[NotebookNode] = []
+        self.prose: list[tuple[str, str]] = []  # (span kind, text) not yet in a cell
+
+    def add(self, piece: TracePiece) -> None:
+        if piece.whole_segment:  # written before spans existed: keep the text as it is
+            self._flush()
+            self._markdown(piece.text.strip())
+            return
+        if piece.kind == "code":
+            if piece.step is None and self._in_answer():
+                # Code in the answer is the deliverable: it stays in the answer, unrun.
+                self.prose.append(("answer_code", piece.text))
+            else:
                 self._flush()
-            self.prose.append((span.kind, text))
+                self.cells.append(self._code_cell(piece))
+            return
+        if self.prose and self._in_answer() != (piece.kind == "answer"):
+            self._flush()
+        self.prose.append((piece.kind, piece.text))
 
     def finish(self) -> list[NotebookNode]:
         self._flush()
@@ -536,14 +572,13 @@ class _NotebookCells:
         if source:
             self.cells.append(nbformat.v4.new_markdown_cell(source))
 
-    def _code_cell(self, code: str, step_index: int | None) -> NotebookNode:
-        cell = nbformat.v4.new_code_cell(code.rstrip("\n"))
-        # A checkpoint may hold a span whose step has not been recorded yet.
-        if step_index is not None and 0 <= step_index < len(self.steps):
-            step = self.steps[step_index]
+    def _code_cell(self, piece: TracePiece) -> NotebookNode:
+        cell = nbformat.v4.new_code_cell(piece.text.rstrip("\n"))
+        step = piece.ran
+        if step is not None:
             cell.outputs = [nbformat.from_dict(output) for output in step.outputs]
             cell.execution_count = step.execution_count
-            cell.metadata["kernel_bridge"] = {"step": step_index, "status": step.status}
+            cell.metadata["kernel_bridge"] = {"step": piece.step, "status": step.status}
         return cell
 
 
