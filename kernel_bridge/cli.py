@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 import warnings
@@ -18,14 +17,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from kernel_bridge import __version__
-
-
-def default_trace_path() -> Path:
-    """Where traces go unless ``--trace`` says otherwise: ``$KERNEL_BRIDGE_HOME/traces.jsonl``."""
-    home = os.environ.get("KERNEL_BRIDGE_HOME") or os.path.join(
-        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "kernel-bridge"
-    )
-    return Path(home) / "traces.jsonl"
+from kernel_bridge.settings import (
+    MAX_STEPS,
+    MAX_TOKENS,
+    PROFILE,
+    STEP_TIMEOUT,
+    TIME_LIMIT,
+    count_option,
+    default_trace_path,
+    seconds_option,
+)
 
 
 class UsageError(Exception):
@@ -35,30 +36,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def seconds_option(text: str) -> float:
-    """An argparse type: a finite number of seconds above 0 (``nan`` and ``inf`` are refused)."""
-    from kernel_bridge.kernel import check_seconds
-
-    try:
-        return check_seconds(float(text), "seconds")
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a finite number of seconds above 0, got {text!r}"
-        ) from None
-
-
-def count_option(text: str) -> int:
-    """An argparse type: a whole number, at least 1."""
-    from kernel_bridge.kernel import check_count
-
-    try:
-        return check_count(int(text), "count")
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number, at least 1, got {text!r}"
-        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="model string: 'local' (the embedded model), 'hf:ID_OR_PATH', 'scripted:PATH'; "
         "default: $KERNEL_BRIDGE_MODEL, else the config file, else 'local'",
     )
-    reason.add_argument("--profile", default="markdown", help="code-block format of the model")
+    reason.add_argument("--profile", default=PROFILE, help="code-block format of the model")
     reason.add_argument(
         "--trace",
         type=Path,
@@ -83,14 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"JSONL file the trace is appended to (default: {default_trace_path()})",
     )
     reason.add_argument(
-        "--max-steps", type=count_option, default=20, help="most code blocks to run"
-    )
-    reason.add_argument("--max-tokens", type=count_option, default=8192, help="most model tokens")
-    reason.add_argument(
-        "--timeout", type=seconds_option, default=30.0, help="seconds per code block"
+        "--max-steps", type=count_option, default=MAX_STEPS, help="most code blocks to run"
     )
     reason.add_argument(
-        "--time-limit", type=seconds_option, default=600.0, help="seconds for the whole run"
+        "--max-tokens", type=count_option, default=MAX_TOKENS, help="most model tokens"
+    )
+    reason.add_argument(
+        "--timeout", type=seconds_option, default=STEP_TIMEOUT, help="seconds per code block"
+    )
+    reason.add_argument(
+        "--time-limit", type=seconds_option, default=TIME_LIMIT, help="seconds for the whole run"
     )
     reason.add_argument("--no-color", action="store_true", help="plain text output")
     reason.add_argument(
@@ -210,45 +189,31 @@ def _say(kind: str, message: str) -> None:
 
 
 def _reason(args: argparse.Namespace) -> int:
-    from kernel_bridge.reasoner import Limits, Reasoner
-    from kernel_bridge.render import TerminalRenderer, one_line
+    from kernel_bridge.events import one_line
+    from kernel_bridge.render import TerminalRenderer
+    from kernel_bridge.runspec import RunSpec, RunSpecError, check_model
     from kernel_bridge.samplers import make_sampler
 
     if not args.question.strip():
         raise UsageError('the question is empty: write it in quotes, e.g. reason "What is 2**100?"')
-    if args.model is not None and not args.model.strip():
-        raise UsageError(
-            "--model is empty: give a model string such as local, hf:ID_OR_PATH or "
-            "openai/gpt-4o, or leave --model out for the default"
-        )
     try:
-        limits = Limits(
+        check_model(args.model)
+        spec = RunSpec.build(
             max_steps=args.max_steps,
             max_tokens=args.max_tokens,
-            step_timeout=args.timeout,
+            timeout=args.timeout,
             time_limit=args.time_limit,
+            trace=args.trace,
+            profile=args.profile,
+            tools=args.tools,
+            cutoff=args.cutoff,
+            authorized_imports=args.authorized_imports,
         )
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    from kernel_bridge.tools import ToolError, load_toolsets
-
-    authorized = None
-    if args.authorized_imports is not None:
-        authorized = [m.strip() for m in args.authorized_imports.split(",") if m.strip()]
-    try:
-        tools = load_toolsets(args.tools, cutoff=args.cutoff, authorized_imports=authorized)
-    except ToolError as e:
-        raise UsageError(str(e)) from None
-    from kernel_bridge.trace import TraceStore, TraceStoreError
-
-    trace_path = args.trace or default_trace_path()
-    try:
-        TraceStore(trace_path).check_writable()  # before the model loads and the run starts
-    except TraceStoreError as e:
+    except RunSpecError as e:
         raise UsageError(str(e)) from None
     sampler = make_sampler(args.model)
     renderer = TerminalRenderer(color=not args.no_color, error_detail=False)
-    reasoner = Reasoner(sampler, profile=args.profile, limits=limits, store=trace_path, tools=tools)
+    reasoner = spec.reasoner(sampler)
 
     ended_by: list[int] = []  # SIGTERM or SIGHUP (a closed terminal), if one ended the run
 

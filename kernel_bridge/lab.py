@@ -79,9 +79,9 @@ def set_labels(args: Mapping[str, Any]) -> JSONResult:
 def trace_cells(args: Mapping[str, Any]) -> JSONResult:
     """The trace as nbformat cells to insert below the run (as ``%%reason --cells`` makes them):
     thinking as markdown, code cells with their outputs, the answer; the question is left out."""
-    trace = _trace(args)
-    notebook = trace.to_notebook()
-    cells = notebook.cells[1:] if trace.question is not None else notebook.cells
+    from kernel_bridge.events import run_cells
+
+    _, cells = run_cells(_trace(args))
     return JSONResult([dict(cell) for cell in cells])
 
 

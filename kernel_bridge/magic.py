@@ -23,15 +23,10 @@ in shared mode; forwarded from the sidecar with ``--isolated``), a status line p
 answer as Markdown, and last a ``application/vnd.kernel-bridge.trace+json`` bundle holding the
 trace, whose ``text/plain`` is a one-line summary. Nothing is updated in place.
 
-**Comm** (target ``kernel_bridge.trace``, one comm per run, for the JupyterLab extension). Opened
-with ``{"version": 1, "trace_id", "model", "question", "mode", "trace_path"}``; then messages
-``{"events": [...]}`` sent in batches (every 0.2 s, and when a block starts), each event
-one of ``{"type": "text", "section", "text"}``, ``{"type": "code", "section", "code", "runs"}``,
-``{"type": "step_started", "index"}``, ``{"type": "output", "index", "output"}`` (an nbformat
-output), ``{"type": "step_finished", "index", "status", "duration_s", "new_files"}``,
-``{"type": "cells", "cells": [...]}`` (``--cells``: nbformat cells to insert below the cell) and
-``{"type": "finished", "trace_id", "finish_reason", "answer", "error", "trace_path"}``; then the
-comm closes. With no frontend listening the messages cost only their bytes; nothing waits.
+**Comm** (target ``kernel_bridge.trace``, one comm per run, for the JupyterLab extension): the
+events of the run in batches, as ``kernel_bridge.events`` defines them (docs/events.schema.json);
+the cell only hands them on (``TraceComm``). With no frontend listening the messages cost only
+their bytes; nothing waits.
 
 **--cells.** A kernel cannot add cells to a notebook by itself (``set_next_input`` makes one). So
 the cells go to the frontend over the comm (the extension inserts them), and, for any frontend,
@@ -62,23 +57,32 @@ from IPython.display import display
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Int, TraitError, Unicode
 
-from kernel_bridge.cli import count_option, seconds_option
+from kernel_bridge.events import (
+    COMM_TARGET,
+    CellsEvent,
+    TraceComm,
+    run_cells,
+    run_summary,
+    step_line,
+)
 from kernel_bridge.executors import ShellExecutor, ShellJob
 from kernel_bridge.kernel import Kernel, LoopThread, Seconds
 from kernel_bridge.parsing import CodeEnd, TextDelta
-from kernel_bridge.reasoner import (
-    Limits,
-    Reasoner,
-    RunFinished,
-    RunStarted,
-    StepFinished,
-    StepOutput,
-    StepStarted,
+from kernel_bridge.reasoner import RunFinished, StepFinished, StepOutput
+from kernel_bridge.runspec import RunSpec, RunSpecError, check_model, load_tools
+from kernel_bridge.settings import (
+    ISOLATED,
+    MAX_STEPS,
+    MAX_TOKENS,
+    PROFILE,
+    STEP_TIMEOUT,
+    TIME_LIMIT,
+    count_option,
+    seconds_option,
 )
-from kernel_bridge.trace import Trace, TraceStore, TraceStoreError
+from kernel_bridge.trace import Trace
 
 TRACE_MIME = "application/vnd.kernel-bridge.trace+json"
-COMM_TARGET = "kernel_bridge.trace"
 STOP_WAIT_S = 15.0  # how long an interrupted run may take to save its trace
 
 
@@ -87,77 +91,6 @@ class ReasonError(Exception):
 
     def _render_traceback_(self) -> list[str]:
         return [f"kernel-bridge: {' '.join(str(self).split())}"]
-
-
-# -- the comm -----------------------------------------------------------------------------------
-
-
-class TraceComm:
-    """Sends a run's events to the frontend in batches over a comm; never fails the run."""
-
-    INTERVAL = 0.2  # as ipykernel batches stream text
-
-    def __init__(self, open_data: dict[str, Any]) -> None:
-        self._events: list[dict[str, Any]] = []
-        self._text: list[str] = []
-        self._text_section = ""
-        self._last = time.monotonic()
-        try:
-            import comm
-
-            self._comm: Any = comm.create_comm(target_name=COMM_TARGET, data=open_data)
-        except Exception:
-            self._comm = None
-
-    def text(self, section: str, text: str) -> None:
-        if self._comm is None or not text:
-            return
-        if self._text and section != self._text_section:
-            self._end_text()
-        self._text.append(text)
-        self._text_section = section
-        self._maybe_flush()
-
-    def add(self, event: dict[str, Any], flush: bool = False) -> None:
-        if self._comm is None:
-            return
-        self._end_text()
-        self._events.append(event)
-        if flush:
-            self.flush()
-        else:
-            self._maybe_flush()
-
-    def _end_text(self) -> None:
-        if self._text:
-            self._events.append(
-                {"type": "text", "section": self._text_section, "text": "".join(self._text)}
-            )
-            self._text = []
-
-    def _maybe_flush(self) -> None:
-        if time.monotonic() - self._last >= self.INTERVAL:
-            self.flush()
-
-    def flush(self) -> None:
-        self._last = time.monotonic()
-        if self._comm is None:
-            return
-        self._end_text()
-        if not self._events:
-            return
-        events, self._events = self._events, []
-        try:
-            self._comm.send({"events": events})
-        except Exception:
-            self._comm = None
-
-    def close(self) -> None:
-        self.flush()
-        if self._comm is not None:
-            with contextlib.suppress(Exception):
-                self._comm.close()
-            self._comm = None
 
 
 # -- what the cell shows ------------------------------------------------------------------------
@@ -185,56 +118,27 @@ class CellRenderer:
         self.trace_path = trace_path
         self.mode = mode
         self.cells = cells
-        self.use_comm = comm
-        self.comm: TraceComm | None = None
+        self.comm = TraceComm(mode=mode, trace_path=str(trace_path)) if comm else None
         self.finished = False
         self._line_start = True  # nothing streamed since the last display: skip leading blanks
         self._blank = ""  # trailing blank space not written yet
         self._open_line = False  # prose written without its final newline
 
     def handle(self, event: Any) -> None:
-        comm = self.comm
-        if isinstance(event, RunStarted):
-            self._open_comm(event.trace)
-        elif isinstance(event, TextDelta):
-            if comm:
-                comm.text(event.section, event.raw)
+        if self.comm:
+            self.comm.handle(event)
+        if isinstance(event, TextDelta):
             if self.show_all and event.section != "answer":
                 self._write(event.raw)
         elif isinstance(event, CodeEnd):
-            if comm:
-                comm.add(
-                    {
-                        "type": "code",
-                        "section": event.section,
-                        "code": event.code,
-                        "runs": event.runs,
-                    }
-                )
             if self.show_all and event.section != "answer" and event.code.strip():
                 self._show_code(event.code)
-        elif isinstance(event, StepStarted):
-            if comm:
-                comm.add({"type": "step_started", "index": event.index}, flush=True)
         elif isinstance(event, StepOutput):
-            if comm:
-                comm.add({"type": "output", "index": event.index, "output": event.output})
             if self.show_all and not self.live_outputs:
                 self._show_output(event.output)
         elif isinstance(event, StepFinished):
-            step = event.step
-            if comm:
-                comm.add(
-                    {
-                        "type": "step_finished",
-                        "index": step.index,
-                        "status": step.status,
-                        "duration_s": step.duration_s,
-                        "new_files": step.new_files,
-                    }
-                )
             if self.show_all:
-                self._show_status(step)
+                self._show_status(event.step)
         elif isinstance(event, RunFinished):
             self.finish(event.trace)
 
@@ -242,19 +146,6 @@ class CellRenderer:
         """Nothing arrived for a moment: send what the comm holds."""
         if self.comm:
             self.comm.flush()
-
-    def _open_comm(self, trace: Trace) -> None:
-        if self.use_comm:
-            self.comm = TraceComm(
-                {
-                    "version": 1,
-                    "trace_id": trace.id,
-                    "model": trace.model,
-                    "question": trace.question,
-                    "mode": self.mode,
-                    "trace_path": str(self.trace_path),
-                }
-            )
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -306,14 +197,7 @@ class CellRenderer:
             self._line_start, self._blank = True, ""
 
     def _show_status(self, step: Any) -> None:
-        line = f"⟵ {step.status} in {step.duration_s:.2f} s"
-        if step.status in ("timeout", "died"):
-            line += " · " + step.output_text.rsplit("\n", 1)[-1]
-        elif step.status == "ok" and not step.outputs:
-            line += " · no output"
-        if step.new_files:
-            line += f" · new files: {', '.join(step.new_files)}"
-        self._display({"text/plain": line}, "step", index=step.index, status=step.status)
+        self._display({"text/plain": step_line(step)}, "step", index=step.index, status=step.status)
 
     def finish(self, trace: Trace | None) -> None:
         """The run ended (or was stopped): the answer, the cells, the trace bundle, the comm."""
@@ -322,48 +206,33 @@ class CellRenderer:
         self.finished = True
         if trace is None:
             if self.comm:
-                self.comm.close()
+                self.comm.finish(None)
             return
         if trace.answer:
             self._display({"text/markdown": trace.answer, "text/plain": trace.answer}, "answer")
         if self.cells and trace.segments:
             self._write_cells(trace)
-        steps = len(trace.steps)
-        summary = (
-            f"kernel-bridge · {trace.finish_reason} · {steps} block{'s' * (steps != 1)} · "
-            f"{trace.timings.get('total_s', 0):.1f} s · trace {trace.id} in {self.trace_path}"
-        )
+        summary = f"kernel-bridge · {run_summary(trace)} · trace {trace.id} in {self.trace_path}"
         display(
             {TRACE_MIME: trace.to_dict(), "text/plain": summary},
             raw=True,
             metadata={TRACE_MIME: {"trace_path": str(self.trace_path)}},
         )
         if self.comm:
-            self.comm.add(
-                {
-                    "type": "finished",
-                    "trace_id": trace.id,
-                    "finish_reason": trace.finish_reason,
-                    "answer": trace.answer,
-                    "error": trace.error,
-                    "trace_path": str(self.trace_path),
-                }
-            )
-            self.comm.close()
+            self.comm.finish(trace)
 
     def _write_cells(self, trace: Trace) -> None:
         import nbformat
 
-        notebook = trace.to_notebook()
+        notebook, cells = run_cells(trace)
         path = Path.cwd() / f"reason-{trace.id[:8]}.ipynb"
         try:
             nbformat.write(notebook, str(path))
         except OSError as e:
             self._display({"text/plain": f"--cells: could not write {path}: {e}"}, "cells")
             return
-        cells = notebook.cells[1:] if trace.question is not None else notebook.cells
         if self.comm:
-            self.comm.add({"type": "cells", "cells": cells}, flush=True)
+            self.comm.add(CellsEvent(cells), flush=True)
         text = f"{len(cells)} cells written to {path.name}"
         self._display(
             {
@@ -388,15 +257,12 @@ def _longest_run(text: str, char: str) -> int:
 
 @dataclass
 class _Options:
+    spec: RunSpec  # limits, tools, trace file, profile: as the CLI's
     model: str | None
     isolated: bool
-    limits: Limits
-    trace_path: Path
     show: str
     cells: bool
     continue_: bool
-    profile: str
-    tools: Any  # a kernel_bridge.tools.Toolbox
 
 
 class _StrictNamespace(dict):  # type: ignore[type-arg]
@@ -425,12 +291,15 @@ class ReasonMagics(Magics):
         "$KERNEL_BRIDGE_MODEL, else the config file, else 'local'.",
     ).tag(config=True)
     isolated = Bool(
-        False, help="Run the model's code in a sidecar kernel instead of the notebook's namespace."
+        ISOLATED,
+        help="Run the model's code in a sidecar kernel instead of the notebook's namespace.",
     ).tag(config=True)
-    max_steps = Int(20, min=1, help="Most code blocks one run executes.").tag(config=True)
-    max_tokens = Int(8192, min=1, help="Most tokens the model writes in one run.").tag(config=True)
-    timeout = Seconds(30.0, help="Seconds one code block may run.").tag(config=True)
-    time_limit = Seconds(600.0, help="Seconds one run may take.").tag(config=True)
+    max_steps = Int(MAX_STEPS, min=1, help="Most code blocks one run executes.").tag(config=True)
+    max_tokens = Int(MAX_TOKENS, min=1, help="Most tokens the model writes in one run.").tag(
+        config=True
+    )
+    timeout = Seconds(STEP_TIMEOUT, help="Seconds one code block may run.").tag(config=True)
+    time_limit = Seconds(TIME_LIMIT, help="Seconds one run may take.").tag(config=True)
     trace = Unicode(
         "", help="JSONL file the traces are appended to; empty: the CLI's default store."
     ).tag(config=True)
@@ -440,7 +309,7 @@ class ReasonMagics(Magics):
     cells = Bool(False, help="Also turn each trace into notebook cells (see --cells).").tag(
         config=True
     )
-    profile = Unicode("markdown", help="Code-block format of the model.").tag(config=True)
+    profile = Unicode(PROFILE, help="Code-block format of the model.").tag(config=True)
     interpolate = Bool(True, help="Fill {name} in the question with notebook variables.").tag(
         config=True
     )
@@ -549,44 +418,26 @@ class ReasonMagics(Magics):
             value = getattr(args, name)
             return getattr(self, name) if value is None else value
 
-        if args.model is not None and not args.model.strip():
-            raise UsageError(
-                "--model is empty: give a model string such as local, hf:ID_OR_PATH or "
-                "openai/gpt-4o, or leave --model out for the default"
-            )
         try:
-            limits = Limits(
+            check_model(args.model)
+            spec = RunSpec.build(
                 max_steps=pick("max_steps"),
                 max_tokens=pick("max_tokens"),
-                step_timeout=pick("timeout"),
+                timeout=pick("timeout"),
                 time_limit=pick("time_limit"),
+                trace=pick("trace"),
+                profile=pick("profile"),
+                tools=self._toolbox(pick("tools"), pick("cutoff"), pick("authorized_imports")),
             )
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        trace = pick("trace")
-        if trace:
-            trace_path = Path(trace).expanduser()
-        else:
-            from kernel_bridge.cli import default_trace_path
-
-            trace_path = default_trace_path()
-        profile = pick("profile")
-        from kernel_bridge.parsing import get_profile
-
-        try:
-            get_profile(profile)
-        except ValueError as e:
+        except RunSpecError as e:
             raise UsageError(str(e)) from None
         return _Options(
-            tools=self._toolbox(pick("tools"), pick("cutoff"), pick("authorized_imports")),
+            spec=spec,
             model=pick("model"),
             isolated=bool(pick("isolated")),
-            limits=limits,
-            trace_path=trace_path,
             show=pick("show"),
             cells=bool(pick("cells")),
             continue_=args.continue_,
-            profile=profile,
         )
 
     def _toolbox(self, tools: str, cutoff: str, authorized: str) -> Any:
@@ -594,17 +445,16 @@ class ReasonMagics(Magics):
 
         A name in ``--tools`` that is not a toolset (nor ``module:attribute``) names a notebook
         variable holding a ``Toolbox``, a tool or a list of tools (``--tools finance,my_tools``)."""
-        from kernel_bridge.tools import TOOLSETS, Toolbox, ToolError, load_toolsets
+        from kernel_bridge.tools import TOOLSETS, Toolbox, ToolError
 
         names = [n.strip() for n in (tools or "").split(",") if n.strip()]
         loadable = [n for n in names if n in TOOLSETS or ":" in n]  # toolsets, module:attribute
         own = [n for n in names if n not in loadable]
         key = (",".join(loadable), cutoff or "", authorized or "")
         if key not in self._toolboxes:
-            modules = [m.strip() for m in key[2].split(",") if m.strip()] if key[2] else None
             try:
-                self._toolboxes[key] = load_toolsets(key[0], key[1] or None, modules)
-            except ToolError as e:
+                self._toolboxes[key] = load_tools(key[0], key[1] or None, key[2] or None)
+            except RunSpecError as e:
                 raise UsageError(str(e)) from None
         box = self._toolboxes[key]
         if not own:
@@ -673,10 +523,7 @@ class ReasonMagics(Magics):
 
     def _run(self, options: _Options, question: str, sampler: Any) -> None:
         """One run: the Reasoner on the loop thread, this (main) thread shows and executes."""
-        try:
-            TraceStore(options.trace_path).check_writable()
-        except TraceStoreError as e:
-            raise UsageError(str(e)) from None
+        spec = options.spec
         loop = self._loop_thread()
         mailbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         executor: Any
@@ -690,20 +537,13 @@ class ReasonMagics(Magics):
                 echo=options.show == "all",
             )
         try:
-            reasoner = Reasoner(
-                sampler,
-                executor,
-                profile=options.profile,
-                limits=options.limits,
-                store=options.trace_path,
-                tools=options.tools,
-            )
-        except ValueError as e:
+            reasoner = spec.reasoner(sampler, executor)
+        except RunSpecError as e:
             raise UsageError(str(e)) from None
         renderer = CellRenderer(
             show=options.show,
             live_outputs=not options.isolated,
-            trace_path=options.trace_path,
+            trace_path=spec.trace_path,
             mode="isolated" if options.isolated else "shared",
             cells=options.cells,
             comm=self.comm,
@@ -730,7 +570,7 @@ class ReasonMagics(Magics):
             stopped = True
         if trace is not None:
             self.history.append((question, trace))
-        self._report(trace, task if task.done() else None, stopped, options.trace_path)
+        self._report(trace, task if task.done() else None, stopped, spec.trace_path)
 
     def _serve(
         self, mailbox: queue.Queue[tuple[str, Any]], renderer: CellRenderer, cancel: Any

@@ -18,6 +18,7 @@ from typing import Any
 
 from nbformat import NotebookNode
 
+from kernel_bridge import settings
 from kernel_bridge.executors import Executor
 from kernel_bridge.kernel import ExecutionResult, Kernel, check_count, check_seconds
 from kernel_bridge.outputs import OutputCollector
@@ -46,12 +47,15 @@ STOPPED_NOTE = "[interrupted: the run was stopped while this block ran]"
 
 @dataclass
 class Limits:
-    """When a run stops even without an answer; each limit has its own finish_reason."""
+    """When a run stops even without an answer; each limit has its own finish_reason.
 
-    max_steps: int = 20
-    max_tokens: int = 8192
-    step_timeout: float = 30.0
-    time_limit: float = 600.0
+    The defaults are ``kernel_bridge.settings``' (the CLI's and the magic's too).
+    """
+
+    max_steps: int = settings.MAX_STEPS
+    max_tokens: int = settings.MAX_TOKENS
+    step_timeout: float = settings.STEP_TIMEOUT
+    time_limit: float = settings.TIME_LIMIT
 
     def __post_init__(self) -> None:
         self.max_steps = check_count(self.max_steps, "Limits.max_steps")

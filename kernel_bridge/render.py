@@ -15,10 +15,11 @@ from rich.status import Status
 from rich.syntax import Syntax
 from rich.text import Text
 
+from kernel_bridge.events import kernel_note, run_summary, step_line
 from kernel_bridge.outputs import describe_data, short_traceback
 from kernel_bridge.parsing import CodeDelta, CodeEnd, CodeStart, TextDelta
 from kernel_bridge.reasoner import RunFinished, RunStarted, StepFinished, StepOutput, StepStarted
-from kernel_bridge.trace import Trace
+from kernel_bridge.trace import Trace, trace_pieces
 
 _SECTION_STYLE = {"think": "dim italic", "text": "", "answer": "bold"}
 
@@ -28,11 +29,6 @@ _SECTION_STYLE = {"think": "dim italic", "text": "", "answer": "bold"}
 _VISIBLE = {
     code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)
 } | {code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
-
-
-def one_line(text: str) -> str:
-    """``text`` with its line breaks and runs of white space as single spaces."""
-    return " ".join(text.split())
 
 
 def visible(text: str) -> str:
@@ -98,12 +94,10 @@ class TerminalRenderer:
             style = _STATUS_STYLE.get(step.status, "")
             if not step.outputs and step.status == "ok":
                 self._write("[no output]\n", "dim")
-            if step.status in ("timeout", "died"):  # the kernel's note: interrupted, restarted
-                self._write(step.output_text.rsplit("\n", 1)[-1] + "\n", style)
-            self._write(f"⟵ {step.status} in {step.duration_s:.2f} s", style + " dim")
-            if step.new_files:
-                self._write(f" · new files: {', '.join(step.new_files)}", "dim")
-            self._write("\n")
+            note = kernel_note(step)  # interrupted, restarted
+            if note is not None:
+                self._write(note + "\n", style)
+            self._write(step_line(step, notes=False) + "\n", style + " dim")
         elif isinstance(event, RunFinished):
             self._stop_spinner()
             self._newline()
@@ -135,14 +129,7 @@ class TerminalRenderer:
                     border_style="green",
                 )
             )
-        detail = f"{trace.finish_reason}"
-        if trace.error and self.error_detail:
-            detail += f": {one_line(trace.error)}"
-        steps = len(trace.steps)
-        self.note(
-            f"{detail} · {steps} block{'s' * (steps != 1)} · "
-            f"{trace.usage.model_tokens} model tokens · {trace.timings.get('total_s', 0):.1f} s"
-        )
+        self.note(run_summary(trace, error=self.error_detail, tokens=True))
 
     def note(self, text: str) -> None:
         self._newline()
@@ -157,25 +144,18 @@ class TerminalRenderer:
         self.console.rule(Text(title, style="dim"))
         if trace.question:
             self.console.print(Text(visible(trace.question), style="bold"))
-        for segment in trace.segments:
-            if segment.kind == "tool" or not segment.spans:
-                if segment.kind == "model":
-                    self._write(segment.text)
+        for piece in trace_pieces(trace):
+            if piece.kind != "code":
+                self._write(piece.text, "" if piece.whole_segment else _SECTION_STYLE[piece.kind])
                 continue
-            for span in segment.spans:
-                text = segment.text[span.start : span.end]
-                if span.kind == "code":
-                    self._newline()
-                    code = visible(text.rstrip("\n"))
-                    self.console.print(Syntax(code, "python", theme="ansi_dark"))
-                    self._at_line_start = True
-                    if span.step is not None and span.step < len(trace.steps):
-                        step = trace.steps[span.step]
-                        self._write(
-                            (step.output_text or "[no output]") + "\n",
-                            _STATUS_STYLE.get(step.status, "") if step.status != "ok" else "",
-                        )
-                elif span.kind != "markup":
-                    self._write(text, _SECTION_STYLE.get(span.kind, ""))
+            self._newline()
+            self.console.print(
+                Syntax(visible(piece.text.rstrip("\n")), "python", theme="ansi_dark")
+            )
+            self._at_line_start = True
+            step = piece.ran
+            if step is not None:
+                style = _STATUS_STYLE.get(step.status, "") if step.status != "ok" else ""
+                self._write((step.output_text or "[no output]") + "\n", style)
         self._newline()
         self._finish(trace)

@@ -1,0 +1,401 @@
+"""The events a front end shows of a run: their wire form for the JupyterLab extension, how a run
+sends them, and the one-line summaries of a block and of a run.
+
+**Wire form** (docs/events.schema.json; labextension/src/types.ts declares the same records). A
+run opens one comm on the target ``kernel_bridge.trace`` with ``CommOpen``, then sends messages
+``{"events": [...]}``, each event one of the records below as ``to_wire`` writes it, and last
+``FinishedEvent``; then the comm closes. ``TraceComm`` batches them: consecutive text of one
+section is joined, a batch goes every 0.2 s (as ipykernel batches stream text) and when a block
+starts. With no frontend listening the messages cost only their bytes; nothing waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from kernel_bridge.parsing import CodeEnd, TextDelta
+from kernel_bridge.reasoner import RunStarted, StepFinished, StepOutput, StepStarted
+from kernel_bridge.trace import Step, Trace
+
+COMM_TARGET = "kernel_bridge.trace"
+WIRE_VERSION = 1
+
+
+# -- the wire form ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommOpen:
+    """The data a run's comm is opened with; ``mode`` is ``shared`` or ``isolated``."""
+
+    trace_id: str
+    model: str
+    question: str | None
+    mode: str
+    trace_path: str
+    version: int = WIRE_VERSION
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"version": self.version, **_fields(self, skip="version")}
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    """Prose of one section (``think``, ``answer``, ``text``), as it streams."""
+
+    section: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CodeEvent:
+    """A complete code block; ``runs`` says whether the kernel runs it."""
+
+    section: str
+    code: str
+    runs: bool
+
+
+@dataclass(frozen=True)
+class StepStartedEvent:
+    """The kernel started the block that became ``steps[index]``."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    """One nbformat output of a running block, as soon as the kernel sends it."""
+
+    index: int
+    output: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StepFinishedEvent:
+    """``steps[index]`` is done: how it ended, how long it took, the files it made."""
+
+    index: int
+    status: str
+    duration_s: float
+    new_files: list[str]
+
+
+@dataclass(frozen=True)
+class CellsEvent:
+    """``--cells``: nbformat cells to insert below the run's cell."""
+
+    cells: list[Any]
+
+
+@dataclass(frozen=True)
+class FinishedEvent:
+    """The run ended; the last event of its comm."""
+
+    trace_id: str
+    finish_reason: str | None
+    answer: str | None
+    error: str | None
+    trace_path: str
+
+
+WireEvent = (
+    TextEvent
+    | CodeEvent
+    | StepStartedEvent
+    | OutputEvent
+    | StepFinishedEvent
+    | CellsEvent
+    | FinishedEvent
+)
+
+EVENT_TYPES: dict[str, type[WireEvent]] = {
+    "text": TextEvent,
+    "code": CodeEvent,
+    "step_started": StepStartedEvent,
+    "output": OutputEvent,
+    "step_finished": StepFinishedEvent,
+    "cells": CellsEvent,
+    "finished": FinishedEvent,
+}
+_TYPE_NAMES = {cls: name for name, cls in EVENT_TYPES.items()}
+
+
+def _fields(record: Any, skip: str = "") -> dict[str, Any]:
+    # Not dataclasses.asdict: that deep-copies every output and cell.
+    return {f.name: getattr(record, f.name) for f in fields(record) if f.name != skip}
+
+
+def to_wire(event: WireEvent) -> dict[str, Any]:
+    """The event as the extension reads it: ``{"type": ..., <fields>}``."""
+    return {"type": _TYPE_NAMES[type(event)], **_fields(event)}
+
+
+def from_wire(data: Mapping[str, Any]) -> WireEvent:
+    """The event ``to_wire`` wrote (a ``ValueError`` for a type this version does not know)."""
+    cls = EVENT_TYPES.get(data.get("type", ""))
+    if cls is None:
+        raise ValueError(
+            f"unknown event type {data.get('type')!r}; known: {', '.join(EVENT_TYPES)}"
+        )
+    return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def wire_event(event: Any) -> WireEvent | None:
+    """The wire event of a Reasoner (or parser) event; None for those the extension does not get."""
+    if isinstance(event, TextDelta):
+        return TextEvent(event.section, event.raw)
+    if isinstance(event, CodeEnd):
+        return CodeEvent(event.section, event.code, event.runs)
+    if isinstance(event, StepStarted):
+        return StepStartedEvent(event.index)
+    if isinstance(event, StepOutput):
+        return OutputEvent(event.index, event.output)
+    if isinstance(event, StepFinished):
+        step = event.step
+        return StepFinishedEvent(step.index, step.status, step.duration_s, step.new_files)
+    return None
+
+
+def finished_event(trace: Trace, trace_path: str) -> FinishedEvent:
+    return FinishedEvent(trace.id, trace.finish_reason, trace.answer, trace.error, trace_path)
+
+
+def run_cells(trace: Trace) -> tuple[Any, list[Any]]:
+    """``trace.to_notebook()`` and the cells of it that go below the run's cell (all but the
+    question): what ``--cells`` and the sidebar's Insert as cells insert."""
+    notebook = trace.to_notebook()
+    cells = notebook.cells[1:] if trace.question is not None else notebook.cells
+    return notebook, cells
+
+
+# -- sending a run's events ---------------------------------------------------------------------
+
+
+def _create_comm(target_name: str, data: dict[str, Any]) -> Any:
+    import comm
+
+    return comm.create_comm(target_name=target_name, data=data)
+
+
+class TraceComm:
+    """Sends one run's events to the frontend in batches over a comm; never fails the run.
+
+    The comm opens at ``RunStarted`` and closes at ``finish()``. ``create_comm(target_name, data)``
+    makes it (``comm.create_comm`` by default); ``interval`` is the batching period (``math.inf``:
+    only when a block starts and at the end) and ``clock`` its clock.
+    """
+
+    INTERVAL = 0.2  # as ipykernel batches stream text
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        trace_path: str,
+        create_comm: Callable[[str, dict[str, Any]], Any] = _create_comm,
+        interval: float = INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.mode = mode
+        self.trace_path = trace_path
+        self._create = create_comm
+        self._interval = interval
+        self._clock = clock
+        self._comm: Any = None
+        self._events: list[dict[str, Any]] = []
+        self._text: list[str] = []
+        self._text_section = ""
+        self._last = 0.0
+
+    def handle(self, event: Any) -> None:
+        """A Reasoner event: opens the comm (``RunStarted``) or becomes a wire event."""
+        if isinstance(event, RunStarted):
+            self.open(event.trace)
+        elif isinstance(event, TextDelta):
+            self.text(event.section, event.raw)
+        else:
+            wired = wire_event(event)
+            if wired is not None:
+                self.add(wired, flush=isinstance(wired, StepStartedEvent))
+
+    def open(self, trace: Trace) -> None:
+        data = CommOpen(trace.id, trace.model, trace.question, self.mode, self.trace_path)
+        self._last = self._clock()
+        try:
+            self._comm = self._create(COMM_TARGET, data.to_wire())
+        except Exception:
+            self._comm = None
+
+    def text(self, section: str, text: str) -> None:
+        if self._comm is None or not text:
+            return
+        if self._text and section != self._text_section:
+            self._end_text()
+        self._text.append(text)
+        self._text_section = section
+        self._maybe_flush()
+
+    def add(self, event: WireEvent, flush: bool = False) -> None:
+        if self._comm is None:
+            return
+        self._end_text()
+        self._events.append(to_wire(event))
+        if flush:
+            self.flush()
+        else:
+            self._maybe_flush()
+
+    def _end_text(self) -> None:
+        if self._text:
+            self._events.append(to_wire(TextEvent(self._text_section, "".join(self._text))))
+            self._text = []
+
+    def _maybe_flush(self) -> None:
+        if self._clock() - self._last >= self._interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is held (also what the cell calls when nothing arrived for a moment)."""
+        self._last = self._clock()
+        if self._comm is None:
+            return
+        self._end_text()
+        if not self._events:
+            return
+        events, self._events = self._events, []
+        try:
+            self._comm.send({"events": events})
+        except Exception:
+            self._comm = None
+
+    def finish(self, trace: Trace | None) -> None:
+        """The run ended: ``finished`` (when there is a trace), then the comm closes."""
+        if trace is not None:
+            self.add(finished_event(trace, self.trace_path))
+        self.close()
+
+    def close(self) -> None:
+        self.flush()
+        if self._comm is not None:
+            with contextlib.suppress(Exception):
+                self._comm.close()
+            self._comm = None
+
+
+class RecordedComm:
+    """A comm that keeps what it is sent (``open`` data, ``messages``, ``closed``): for tests."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, Any] | None = None
+        self.messages: list[dict[str, Any]] = []
+        self.closed = False
+
+    def __call__(self, target_name: str, data: dict[str, Any]) -> RecordedComm:
+        self.open = data
+        return self
+
+    def send(self, data: dict[str, Any]) -> None:
+        self.messages.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def record_run(
+    reasoner: Any,
+    question: str,
+    *,
+    mode: str = "shared",
+    trace_path: str,
+    interval: float = math.inf,
+) -> RecordedComm:
+    """Run ``reasoner`` on ``question`` and keep what its comm would send, as ``%%reason`` sends it
+    (without ``--cells``); ``interval=math.inf`` makes the batches independent of timing."""
+    recorded = RecordedComm()
+    comm = TraceComm(mode=mode, trace_path=trace_path, create_comm=recorded, interval=interval)
+    async for event in reasoner.stream(question):
+        comm.handle(event)
+    comm.finish(reasoner.trace)
+    return recorded
+
+
+# -- the lines a front end shows ----------------------------------------------------------------
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of white space as single spaces."""
+    return " ".join(text.split())
+
+
+def kernel_note(step: Step) -> str | None:
+    """What the kernel said about a block it stopped (interrupted, restarted), else None."""
+    if step.status in ("timeout", "died"):
+        return step.output_text.rsplit("\n", 1)[-1]
+    return None
+
+
+def step_line(step: Step, *, notes: bool = True) -> str:
+    """How a block ended, in one line: ``⟵ ok in 0.12 s · no output · new files: a.csv``.
+
+    ``notes=False`` leaves out the kernel's note and "no output" (the terminal shows them above).
+    """
+    line = f"⟵ {step.status} in {step.duration_s:.2f} s"
+    if notes:
+        note = kernel_note(step)
+        if note is not None:
+            line += f" · {note}"
+        elif step.status == "ok" and not step.outputs:
+            line += " · no output"
+    if step.new_files:
+        line += f" · new files: {', '.join(step.new_files)}"
+    return line
+
+
+def run_summary(trace: Trace, *, error: bool = False, tokens: bool = False) -> str:
+    """How a run ended, in one line: ``answer · 2 blocks · 310 model tokens · 4.1 s``.
+
+    ``error`` adds a failed run's error after its finish reason; ``tokens`` the model's tokens.
+    """
+    head = f"{trace.finish_reason}"
+    if error and trace.error:
+        head += f": {one_line(trace.error)}"
+    steps = len(trace.steps)
+    parts = [head, f"{steps} block{'s' * (steps != 1)}"]
+    if tokens:
+        parts.append(f"{trace.usage.model_tokens} model tokens")
+    parts.append(f"{trace.timings.get('total_s', 0):.1f} s")
+    return " · ".join(parts)
+
+
+__all__ = [
+    "COMM_TARGET",
+    "EVENT_TYPES",
+    "WIRE_VERSION",
+    "CellsEvent",
+    "CodeEvent",
+    "CommOpen",
+    "FinishedEvent",
+    "OutputEvent",
+    "RecordedComm",
+    "StepFinishedEvent",
+    "StepStartedEvent",
+    "TextEvent",
+    "TraceComm",
+    "WireEvent",
+    "finished_event",
+    "from_wire",
+    "kernel_note",
+    "one_line",
+    "record_run",
+    "run_cells",
+    "run_summary",
+    "step_line",
+    "to_wire",
+    "wire_event",
+]
