@@ -3,7 +3,9 @@
  *
  * - `kernel-bridge:renderer` draws `application/vnd.kernel-bridge.trace+json` outputs.
  * - `kernel-bridge:plugin` adds the sidebar, which follows the active notebook, and owns the
- *   settings (schema/plugin.json): default model, isolation, max steps, show thinking.
+ *   settings (schema/plugin.json): default model, isolation, max steps, show thinking. The
+ *   `%%reason` defaults in that schema are written from kernel_bridge/settings.py
+ *   (scripts/sync_from_python.py); the code reads them from the schema, never from constants here.
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
@@ -13,6 +15,7 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { Kernel } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { LabIcon } from '@jupyterlab/ui-components';
+import { JSONExt } from '@lumino/coreutils';
 
 import { NotebookConnection } from './connection';
 import { applySettings } from './kernelactions';
@@ -31,12 +34,16 @@ export interface ISettings {
   showThinking: boolean;
 }
 
-const settings: ISettings = {
-  defaultModel: '',
-  isolated: false,
-  maxSteps: 20,
-  showThinking: true
-};
+/** The settings that are `%%reason` defaults in each kernel, by the name `apply_settings` takes. */
+const KERNEL_SETTINGS: [keyof ISettings, string][] = [
+  ['defaultModel', 'model'],
+  ['isolated', 'isolated'],
+  ['maxSteps', 'max_steps']
+];
+
+/** The settings once loaded from the registry; until then thinking shows expanded. */
+let settings: ISettingRegistry.ISettings | null = null;
+let showThinking = true;
 
 export const traceIcon = new LabIcon({
   name: 'kernel-bridge:trace',
@@ -62,7 +69,7 @@ const rendererPlugin: JupyterFrontEndPlugin<void> = {
     rendermime.addFactory(
       traceRendererFactory(
         trusted => renderServices(rendermime, languages, trusted),
-        () => settings.showThinking
+        () => showThinking
       ),
       50
     );
@@ -85,25 +92,26 @@ const sidebarPlugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null
   ) => {
     const services = renderServices(rendermime, languages, false);
-    const sidebar = new TraceSidebar(services, settings.showThinking);
+    const sidebar = new TraceSidebar(services, showThinking);
     sidebar.title.icon = traceIcon;
     app.shell.add(sidebar, 'right', { rank: 650 });
     restorer?.add(sidebar, sidebar.id);
 
     const connections = new Map<NotebookPanel, NotebookConnection>();
-    // At kernel start only settings changed from their defaults are applied, so an IPython config
-    // file (c.ReasonMagics...) still counts; a change in the settings editor applies them all.
+    // At kernel start only settings changed from their defaults (the schema's, which are the
+    // kernel's) are applied, so an IPython config file (c.ReasonMagics...) still counts; a change
+    // in the settings editor applies them all. Before the settings load, nothing is applied.
     let changedByUser = false;
     const kernelSettings = () => {
       const values: { [key: string]: unknown } = {};
-      if (settings.defaultModel || changedByUser) {
-        values.model = settings.defaultModel;
+      if (!settings) {
+        return values;
       }
-      if (settings.isolated || changedByUser) {
-        values.isolated = settings.isolated;
-      }
-      if (settings.maxSteps !== 20 || changedByUser) {
-        values.max_steps = settings.maxSteps;
+      for (const [key, name] of KERNEL_SETTINGS) {
+        const value = settings.composite[key] ?? null;
+        if (changedByUser || !JSONExt.deepEqual(value, settings.default(key) ?? null)) {
+          values[name] = value;
+        }
       }
       return values;
     };
@@ -148,9 +156,10 @@ const sidebarPlugin: JupyterFrontEndPlugin<void> = {
     palette?.addItem({ command, category: 'kernel-bridge' });
 
     if (settingRegistry) {
-      const load = (plugin: ISettingRegistry.ISettings) => {
-        Object.assign(settings, plugin.composite as unknown as ISettings);
-        sidebar.showThinking = settings.showThinking;
+      const load = (loaded: ISettingRegistry.ISettings) => {
+        settings = loaded;
+        showThinking = loaded.composite.showThinking as boolean;
+        sidebar.showThinking = showThinking;
         for (const connection of connections.values()) {
           const kernel = connection.kernel;
           if (kernel) {
@@ -160,11 +169,11 @@ const sidebarPlugin: JupyterFrontEndPlugin<void> = {
       };
       settingRegistry
         .load(PLUGIN_ID)
-        .then(plugin => {
-          load(plugin);
-          plugin.changed.connect(() => {
+        .then(loaded => {
+          load(loaded);
+          loaded.changed.connect(() => {
             changedByUser = true;
-            load(plugin);
+            load(loaded);
           });
         })
         .catch(error => console.error('kernel-bridge: cannot load settings', error));

@@ -1,6 +1,7 @@
 /**
  * The records the extension reads: the Trace JSON (docs/trace-format.md), the comm protocol of
- * the `kernel_bridge.trace` target (kernel_bridge/magic.py), and the view model both render.
+ * the `kernel_bridge.trace` target (kernel_bridge/events.py, docs/events.schema.json; the unit
+ * tests replay a real run of it, test/scripted-run.json), and the view model both render.
  */
 
 /** The MIME type of the bundle `%%reason` displays last, holding the whole trace. */

@@ -1,58 +1,23 @@
 import { CommEvent, ICommOpenData, ITraceJSON } from '../src/types';
+import run from './scripted-run.json';
 
-export const OPEN: ICommOpenData = {
-  version: 1,
-  trace_id: 'run1',
-  model: 'scripted:primes.txt',
-  question: 'Sum the primes below 50',
-  mode: 'shared',
-  trace_path: '/tmp/traces.jsonl'
-};
+/**
+ * What the kernel sends for a real run of tests/scripts/primes.txt (scripted model, real kernel),
+ * batched as `TraceComm` batches it, with the run's trace and the pieces Python's `trace_pieces`
+ * cuts it into. Written by scripts/sync_from_python.py; tests/test_events.py fails when stale.
+ */
+export const OPEN: ICommOpenData = run.open as ICommOpenData;
+export const EVENTS: CommEvent[][] = run.messages.map(message => message.events as CommEvent[]);
+export const RUN_TRACE: ITraceJSON = run.trace as unknown as ITraceJSON;
+export const PIECES: IPiece[] = run.pieces;
 
-/** What the kernel sends for tests/scripts/primes.txt, batched as TraceComm batches it. */
-export const EVENTS: CommEvent[][] = [
-  [{ type: 'text', section: 'think', text: '\nI will find the primes below 50' }],
-  [
-    { type: 'text', section: 'think', text: ' and keep them in a variable.\n' },
-    {
-      type: 'code',
-      section: 'think',
-      code: 'primes = [n for n in range(2, 50)]\nprint(len(primes))\n',
-      runs: true
-    },
-    { type: 'step_started', index: 0 }
-  ],
-  [
-    { type: 'output', index: 0, output: { output_type: 'stream', name: 'stdout', text: '15\n' } },
-    { type: 'step_finished', index: 0, status: 'ok', duration_s: 0.012, new_files: [] },
-    { type: 'text', section: 'think', text: 'There are 15 of them.\n' },
-    { type: 'code', section: 'think', code: 'sum(primes)\n', runs: true },
-    { type: 'step_started', index: 1 }
-  ],
-  [
-    {
-      type: 'output',
-      index: 1,
-      output: {
-        output_type: 'execute_result',
-        data: { 'text/plain': '328' },
-        metadata: {},
-        execution_count: 2
-      }
-    },
-    { type: 'step_finished', index: 1, status: 'ok', duration_s: 0.004, new_files: [] },
-    { type: 'text', section: 'think', text: 'So the sum is 328.\n' },
-    { type: 'text', section: 'answer', text: 'The primes below 50 sum to **328**.' },
-    {
-      type: 'finished',
-      trace_id: 'run1',
-      finish_reason: 'answer',
-      answer: 'The primes below 50 sum to **328**.',
-      error: null,
-      trace_path: '/tmp/traces.jsonl'
-    }
-  ]
-];
+/** A piece of a saved trace as kernel_bridge.trace.trace_pieces yields it. */
+export interface IPiece {
+  kind: string;
+  section: string;
+  text: string;
+  step: number | null;
+}
 
 /** The example of docs/trace-format.md. */
 export const TRACE: ITraceJSON = {

@@ -10,11 +10,38 @@ import {
   stepCounts,
   withLabels
 } from '../src/reducer';
-import { IStepItem, ITextItem, ITraceView } from '../src/types';
-import { EVENTS, OPEN, TRACE } from './fixtures';
+import { IStepItem, ITextItem, ITraceView, TraceItem } from '../src/types';
+import { EVENTS, IPiece, OPEN, PIECES, RUN_TRACE, TRACE } from './fixtures';
 
 function run(batches = EVENTS): ITraceView {
   return batches.reduce((view, events) => applyEvents(view, events, 1000), openTrace(OPEN, 0));
+}
+
+/** What the views show of each item: its section and text, or a step's code and index. */
+function shown(items: TraceItem[]): object[] {
+  return items.map(item =>
+    item.kind === 'text'
+      ? { section: item.section, text: item.text }
+      : { section: item.section, code: item.code, index: item.index }
+  );
+}
+
+/** The items Python's trace_pieces implies: prose of one section joined, as fromTrace joins it. */
+function fromPieces(pieces: IPiece[]): object[] {
+  const items: object[] = [];
+  let last: { section: string; text: string } | null = null;
+  for (const piece of pieces) {
+    if (piece.kind === 'code') {
+      items.push({ section: piece.section, code: piece.text, index: piece.step });
+      last = null;
+    } else if (last && last.section === piece.kind) {
+      last.text += piece.text;
+    } else if (piece.text) {
+      last = { section: piece.kind, text: piece.text };
+      items.push(last);
+    }
+  }
+  return items;
 }
 
 describe('event reducer', () => {
@@ -40,7 +67,9 @@ describe('event reducer', () => {
       'text:think',
       'step:1',
       'text:think',
-      'text:answer'
+      'text:text',
+      'text:answer',
+      'text:text'
     ]);
     expect((view.items[0] as ITextItem).text).toBe(
       '\nI will find the primes below 50 and keep them in a variable.\n'
@@ -52,13 +81,13 @@ describe('event reducer', () => {
     const step = view.items[1] as IStepItem;
     expect(step.code).toContain('print(len(primes))');
     expect(step.status).toBe('ok');
-    expect(step.durationS).toBe(0.012);
+    expect(step.durationS).toBe(0.01);
     expect(step.outputs).toEqual([{ output_type: 'stream', name: 'stdout', text: '15\n' }]);
     expect(stepCounts(view)).toEqual({ ran: 2, failed: 0 });
   });
 
   it('shows a step as running between step_started and step_finished', () => {
-    const view = run(EVENTS.slice(0, 2));
+    const view = run(EVENTS.slice(0, 1));
     const step = view.items[1] as IStepItem;
     expect(step.status).toBe('running');
     expect(step.startedAt).toBe(1000);
@@ -73,8 +102,8 @@ describe('event reducer', () => {
   });
 
   it('keeps the identity of items an event did not touch', () => {
-    const before = run(EVENTS.slice(0, 3));
-    const after = applyEvents(before, EVENTS[3]);
+    const before = run(EVENTS.slice(0, 2));
+    const after = applyEvents(before, EVENTS[2]);
     expect(after.items[0]).toBe(before.items[0]);
     expect(after.items[1]).toBe(before.items[1]);
     expect(after.items[3]).not.toBe(before.items[3]);
@@ -87,7 +116,7 @@ describe('event reducer', () => {
   });
 
   it('ends a run whose comm closed without finishing (a kernel restart)', () => {
-    const view = closeTrace(run(EVENTS.slice(0, 2)));
+    const view = closeTrace(run(EVENTS.slice(0, 1)));
     expect(view.running).toBe(false);
     expect(view.finishReason).toBe('interrupted');
     expect((view.items[1] as IStepItem).status).toBe('died');
@@ -123,6 +152,13 @@ describe('saved traces', () => {
       labels: { rating: 'up' },
       tracePath: '/data/t.jsonl'
     });
+  });
+
+  it('shows a run the same live and saved, and as Python walks its trace', () => {
+    const saved = fromTrace(RUN_TRACE);
+    expect(shown(saved.items)).toEqual(fromPieces(PIECES));
+    expect(shown(run().items)).toEqual(shown(saved.items));
+    expect(saved.items.filter(item => item.kind === 'step')).toHaveLength(2);
   });
 
   it('slices spans by code points, as Python does', () => {
@@ -167,9 +203,9 @@ describe('saved traces', () => {
 
   it('does not apply the last comm batch twice once the full trace arrived', () => {
     // The bundle is displayed before the comm sends its last batch (same iopub order).
-    const before = run(EVENTS.slice(0, 3));
-    const full = completeTrace(before, { ...TRACE, id: 'run1' }, null);
-    const after = applyEvents(full, EVENTS[3]);
+    const before = run(EVENTS.slice(0, 2));
+    const full = completeTrace(before, RUN_TRACE, null);
+    const after = applyEvents(full, EVENTS[2]);
     expect(after.items).toHaveLength(full.items.length);
     after.items.forEach((item, i) => expect(item).toBe(full.items[i]));
     expect(after.running).toBe(false);

@@ -61,7 +61,7 @@ describe('Sidebar', () => {
     const traces = new NotebookTraces();
     const actions = fakeActions();
     renderSidebar(traces, actions);
-    React.act(() => traces.put(applyEvents(openTrace(OPEN), EVENTS[0].concat(EVENTS[1]))));
+    React.act(() => traces.put(applyEvents(openTrace(OPEN), EVENTS[0])));
     const stop = screen.getByRole('button', { name: 'Stop the run' }) as HTMLButtonElement;
     expect(stop.disabled).toBe(false);
     expect(
@@ -69,7 +69,7 @@ describe('Sidebar', () => {
     ).toBe(true);
     fireEvent.click(stop);
     expect(actions.stop).toHaveBeenCalled();
-    React.act(() => traces.update('run1', view => applyEvents(view, EVENTS[2].concat(EVENTS[3]))));
+    React.act(() => traces.update('run1', view => applyEvents(view, EVENTS.slice(1).flat())));
     expect(stop.disabled).toBe(true);
     expect(screen.getByRole('group', { name: 'Answer' }).textContent).toContain('328');
   });

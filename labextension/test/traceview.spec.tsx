@@ -64,7 +64,7 @@ describe('TraceView', () => {
   });
 
   it('shows a running step as running, live', () => {
-    const view = applyEvents(openTrace(OPEN), EVENTS[1]);
+    const view = applyEvents(openTrace(OPEN), EVENTS[0]);
     const { container } = render(
       <TraceView view={view} services={fakeServices()} showThinking={true} follow={true} />
     );
@@ -89,12 +89,12 @@ describe('TraceView', () => {
 
   it('updates one step in place as its events arrive', () => {
     const services = fakeServices();
-    let view = applyEvents(openTrace(OPEN), [...EVENTS[0], ...EVENTS[1]]);
+    let view = applyEvents(openTrace(OPEN), EVENTS[0]);
     const { container, rerender } = render(
       <TraceView view={view} services={services} showThinking={true} />
     );
     const before = container.querySelector('.kb-Step');
-    view = applyEvents(view, EVENTS[2]);
+    view = applyEvents(view, EVENTS[1]);
     act(() => rerender(<TraceView view={view} services={services} showThinking={true} />));
     const after = container.querySelector('.kb-Step');
     expect(after).toBe(before); // same DOM node: no remount, no jump
