@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from kernel_bridge import Kernel
 from kernel_bridge.reasoner import Reasoner
 from kernel_bridge.samplers import ModelSpecError, SampleRequest, make_sampler
 from kernel_bridge.samplers.litellm import (
@@ -296,7 +295,7 @@ def test_missing_litellm_says_how_to_install(monkeypatch):
 # -- end to end -----------------------------------------------------------------------------------
 
 
-async def test_reasoner_runs_the_block_and_prefills_its_real_output(standin):
+async def test_reasoner_runs_the_block_and_prefills_its_real_output(standin, kernel):
     # The stand-in ignores stop strings: after the block it goes on with a made-up output and
     # more text, slowly, so the Reasoner has to close the stream at the block's end.
     first = "<think>Let me compute.\n```python\nx = 6 * 7\nprint(x)\n```\n"
@@ -306,9 +305,8 @@ async def test_reasoner_runs_the_block_and_prefills_its_real_output(standin):
         Reply(chunks=[first, *tail], delay=0.05),
         Reply("So it is 42.</think>\n<answer>42</answer>", chunk_size=6),
     )
-    async with Kernel(timeout=20) as kernel:
-        trace = await Reasoner(vllm_sampler(standin), kernel).run("What is 6*7?")
-        assert (await kernel.execute("x")).output_text == "42"  # it really ran there
+    trace = await Reasoner(vllm_sampler(standin), kernel).run("What is 6*7?")
+    assert (await kernel.execute("x")).output_text == "42"  # it really ran there
     assert trace.finish_reason == "answer" and trace.answer == "42"
     assert [s.output_text for s in trace.steps] == ["42"]
     assert (await standin.done(0)).disconnected  # the pause closed the first request early
@@ -322,22 +320,21 @@ async def test_reasoner_runs_the_block_and_prefills_its_real_output(standin):
     assert trace.text.endswith("So it is 42.</think>\n<answer>42</answer>")
 
 
-async def test_cancelling_a_run_aborts_the_request(standin):
+async def test_cancelling_a_run_aborts_the_request(standin, kernel):
     standin.add(Reply("<think>" + "thinking " * 200, chunk_size=9, delay=0.05))
-    async with Kernel(timeout=20) as kernel:
-        reasoner = Reasoner(vllm_sampler(standin), kernel)
-        task = asyncio.create_task(reasoner.run("q"))
-        while not standin.exchanges or not standin.exchanges[0].sent_at:
-            await asyncio.sleep(0.02)
-        # Python 3.11's asyncio.wait_for (the Reasoner's per-delta deadline) drops a cancel that
-        # lands just as a delta arrives, so cancel until the task ends, as Ctrl-C twice would.
-        for _ in range(100):
-            if task.done():
-                break
-            task.cancel()
-            await asyncio.sleep(0.05)
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    reasoner = Reasoner(vllm_sampler(standin), kernel)
+    task = asyncio.create_task(reasoner.run("q"))
+    while not standin.exchanges or not standin.exchanges[0].sent_at:
+        await asyncio.sleep(0.02)
+    # Python 3.11's asyncio.wait_for (the Reasoner's per-delta deadline) drops a cancel that
+    # lands just as a delta arrives, so cancel until the task ends, as Ctrl-C twice would.
+    for _ in range(100):
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.sleep(0.05)
+    with pytest.raises(asyncio.CancelledError):
+        await task
     exchange = await standin.done(0, timeout=5)
     assert exchange.disconnected and not exchange.completed
     assert reasoner.trace is not None and reasoner.trace.finish_reason == "interrupted"

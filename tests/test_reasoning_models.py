@@ -13,7 +13,6 @@ import io
 import pytest
 from rich.console import Console
 
-from kernel_bridge import Kernel
 from kernel_bridge.parsing import TextDelta
 from kernel_bridge.reasoner import Reasoner
 from kernel_bridge.render import TerminalRenderer
@@ -152,15 +151,14 @@ def test_split_thinking_undoes_what_the_channel_wrote():
 # -- a block inside API thinking runs, and the turn continues ------------------------------------
 
 
-async def test_block_in_vllm_reasoning_runs_and_the_prefill_carries_the_thinking(standin):
+async def test_block_in_vllm_reasoning_runs_and_the_prefill_carries_the_thinking(standin, kernel):
     standin.add(
         thinking_reply(),
         Reply("The answer is 42.", reasoning="So it is 42.", chunk_size=5),
     )
     sampler = LiteLLMSampler("hosted_vllm/standin", api_base=standin.base_url)
-    async with Kernel(timeout=60) as kernel:
-        trace, events, screen = await run_recorded(Reasoner(sampler, kernel), "What is 6*7?")
-        assert (await kernel.execute("x")).output_text == "42"  # it really ran there
+    trace, events, screen = await run_recorded(Reasoner(sampler, kernel), "What is 6*7?")
+    assert (await kernel.execute("x")).output_text == "42"  # it really ran there
     assert [s.output_text for s in trace.steps] == ["42"]
     assert trace.finish_reason == "answer" and trace.answer == "The answer is 42."
     assert (await standin.done(0)).disconnected  # the pause closed the first request early
@@ -177,7 +175,7 @@ async def test_block_in_vllm_reasoning_runs_and_the_prefill_carries_the_thinking
     assert trace.sampler["params"]["continuation"] == "prefill"
 
 
-async def test_deepseek_prefill_sends_the_thinking_in_reasoning_content(standin):
+async def test_deepseek_prefill_sends_the_thinking_in_reasoning_content(standin, kernel):
     standin.add(
         thinking_reply(null_content=True),
         Reply("The answer is 42.", reasoning="So it is 42.", null_content=True),
@@ -185,8 +183,7 @@ async def test_deepseek_prefill_sends_the_thinking_in_reasoning_content(standin)
     sampler = LiteLLMSampler(
         "deepseek/deepseek-reasoner", api_base=standin.base_url, api_key="sk-test"
     )
-    async with Kernel(timeout=60) as kernel:
-        trace = await Reasoner(sampler, kernel).run("What is 6*7?")
+    trace = await Reasoner(sampler, kernel).run("What is 6*7?")
     assert [s.output_text for s in trace.steps] == ["42"]
     assert trace.answer == "The answer is 42."
     # DeepSeek's chat prefix completion: the thinking goes back where it came from.
@@ -199,7 +196,7 @@ async def test_deepseek_prefill_sends_the_thinking_in_reasoning_content(standin)
     assert trace.text == THOUGHT + "So it is 42.\n</think>\n\nThe answer is 42."
 
 
-async def test_anthropic_thinking_continues_in_a_new_turn_that_the_trace_records(anthropic):
+async def test_anthropic_thinking_continues_in_a_new_turn_that_the_trace_records(anthropic, kernel):
     anthropic.add(thinking_reply(), Reply("42", reasoning="So it is 42.", chunk_size=4))
     sampler = LiteLLMSampler(
         "anthropic/claude-sonnet-4-5",
@@ -208,8 +205,7 @@ async def test_anthropic_thinking_continues_in_a_new_turn_that_the_trace_records
         reasoning_effort="low",
     )
     assert sampler.prefill is False  # Anthropic cannot prefill a thinking turn
-    async with Kernel(timeout=60) as kernel:
-        trace, events, _ = await run_recorded(Reasoner(sampler, kernel), "What is 6*7?")
+    trace, events, _ = await run_recorded(Reasoner(sampler, kernel), "What is 6*7?")
     assert [s.output_text for s in trace.steps] == ["42"]
     assert trace.answer == "42"
     # The fallback: the thinking and the real output as the assistant's turn, then a user turn.
@@ -229,7 +225,7 @@ async def test_anthropic_thinking_continues_in_a_new_turn_that_the_trace_records
 
 @pytest.mark.parametrize("server", ["openai", "anthropic"])
 async def test_interrupted_thinking_stream_is_saved_in_the_trace(
-    standin, anthropic, server, tmp_path
+    standin, anthropic, server, tmp_path, kernel
 ):
     # The server hangs up mid-thought: what was thought is kept, and why the run ended.
     thought = ["Six sevens", " are forty", "-two, I am", " fairly sure"]
@@ -247,8 +243,7 @@ async def test_interrupted_thinking_stream_is_saved_in_the_trace(
             retries=0,
         )
     store = TraceStore(tmp_path / "traces.jsonl")
-    async with Kernel(timeout=60) as kernel:
-        trace = await Reasoner(sampler, kernel, store=store).run("What is 6*7?")
+    trace = await Reasoner(sampler, kernel, store=store).run("What is 6*7?")
     assert trace.finish_reason == "error" and "broke after" in (trace.error or "")
     (saved,) = store.load()
     assert saved.id == trace.id and saved.finish_reason == "error"
@@ -316,7 +311,7 @@ def test_start_section_comes_from_the_generation_prompt(template, profile, secti
     assert template_start_section(tokenizer, QUESTION, get_profile(profile)) == section
 
 
-async def test_raw_reasoning_model_starts_inside_thinking_and_its_first_block_runs():
+async def test_raw_reasoning_model_starts_inside_thinking_and_its_first_block_runs(kernel):
     from kernel_bridge.samplers.vllm import VLLMServerSampler
     from tests.vllm_standin import Completion, VLLMCompletionsStandIn
 
@@ -327,8 +322,7 @@ async def test_raw_reasoning_model_starts_inside_thinking_and_its_first_block_ru
             Completion("So it is 42.\n</think>\n\nThe answer is 42.", tokens_per_chunk=4),
         )
         sampler = VLLMServerSampler(server.url, server.model, tokenizer)
-        async with Kernel(timeout=60) as kernel:
-            trace, events, screen = await run_recorded(Reasoner(sampler, kernel), "6*7?")
+        trace, events, screen = await run_recorded(Reasoner(sampler, kernel), "6*7?")
         prompt = tokenizer.decode(server.exchanges[0].prompt)
     assert prompt.endswith("<｜Assistant｜><think>\n")  # the template opened the section
     assert [s.output_text for s in trace.steps] == ["42"]
@@ -373,7 +367,7 @@ def test_unknown_profile_names_auto_among_the_choices():
         get_profile("tags")
 
 
-async def test_retool_checkpoint_served_raw_gets_its_tags_and_its_block_runs():
+async def test_retool_checkpoint_served_raw_gets_its_tags_and_its_block_runs(kernel):
     from kernel_bridge.samplers.vllm import VLLMServerSampler
     from tests.vllm_standin import Completion, VLLMCompletionsStandIn
 
@@ -384,8 +378,7 @@ async def test_retool_checkpoint_served_raw_gets_its_tags_and_its_block_runs():
             Completion("<answer>42</answer>", tokens_per_chunk=4),
         )
         sampler = VLLMServerSampler(server.url, server.model, tokenizer)
-        async with Kernel(timeout=60) as kernel:
-            trace, _, _ = await run_recorded(Reasoner(sampler, kernel), "6*7?")
+        trace, _, _ = await run_recorded(Reasoner(sampler, kernel), "6*7?")
     assert trace.profile == "retool"
     assert [s.output_text for s in trace.steps] == ["42"]
     assert "<interpreter>\n42\n</interpreter>" in trace.segments[1].text
