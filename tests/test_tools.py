@@ -612,6 +612,49 @@ def test_an_inactive_guard_lets_everything_through():
     assert not guard.active
 
 
+class InProcessExecutor:
+    """An executor in this process, as ``ShellExecutor`` is: it takes the tools as objects."""
+
+    started = True
+
+    def __init__(self) -> None:
+        self.namespace: dict = {}
+        self.guards: list = []
+
+    async def start(self) -> InProcessExecutor:
+        return self
+
+    async def execute(self, code, timeout=None, on_output=None):
+        raise NotImplementedError
+
+    async def add_setup(self, setup) -> None:
+        self.namespace.update(setup.namespace())
+        self.guards = list(setup.guards())
+
+
+async def test_tools_install_into_any_executor_through_its_add_setup():
+    executor = InProcessExecutor()
+    box = Toolbox([Scaler(3)], blocked_imports=["yfinance"], blocked_hosts=["example.com"])
+    await box.install(executor)
+    assert executor.namespace["scale"].factor == 3
+    assert [type(g).__name__ for g in executor.guards] == ["ImportGuard", "HostGuard"]
+    assert executor.guards[0].blocked == ("yfinance",)
+
+
+async def test_an_executor_without_add_setup_is_refused():
+    class NoSetup:
+        started = True
+
+        async def start(self):
+            return self
+
+        async def execute(self, code, timeout=None, on_output=None):
+            raise NotImplementedError
+
+    with pytest.raises(TypeError, match="cannot install tools into NoSetup: it has no add_setup"):
+        await Toolbox([Scaler(3)]).install(NoSetup())
+
+
 # -- from the Reasoner, the CLI and the magic -------------------------------------------------
 
 
