@@ -5,6 +5,7 @@ settings' defaults)."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib.util
 import json
@@ -281,3 +282,22 @@ def test_trace_pieces_walk_the_spans_in_order_without_markup():
         ("text", "text", "old text", None, True),
     ]
     assert next(p for p in trace_pieces(trace) if p.kind == "code").ran is trace.steps[0]
+
+
+# -- front ends share modules, never import each other ------------------------------------------
+
+FRONT_ENDS = {"cli", "magic", "lab", "render"}
+ALLOWED = {"cli": {"render"}}  # render.py is the CLI's view
+
+
+@pytest.mark.parametrize("name", sorted(FRONT_ENDS))
+def test_no_front_end_imports_another(name):
+    tree = ast.parse((ROOT / "kernel_bridge" / f"{name}.py").read_text(encoding="utf-8"))
+    imported = {
+        node.module.split(".")[1]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        and node.module
+        and node.module.startswith("kernel_bridge.")
+    }
+    assert imported & FRONT_ENDS <= ALLOWED.get(name, set())
