@@ -56,11 +56,11 @@ def nothing_left_behind():
     assert not left, f"kernel runtime directories left behind: {sorted(left)}"
 
 
-def _shares_a_costly_fixture(item: pytest.Item) -> bool:
+def _shares_a_costly_fixture(item: pytest.Function) -> bool:
     """True when the test uses a module-scoped fixture (a server, a model, a notebook run), or a
     wider one defined in its own module: built once per worker that runs such a test."""
     module = item.nodeid.split("::")[0]
-    for defs in item._fixtureinfo.name2fixturedefs.values():  # type: ignore[attr-defined]
+    for defs in item._fixtureinfo.name2fixturedefs.values():
         fixture = defs[-1]
         if fixture.scope == "module" and fixture.baseid:  # a baseid: not a plugin's fixture
             return True
@@ -72,6 +72,8 @@ def _shares_a_costly_fixture(item: pytest.Item) -> bool:
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
         # The pool's kernels live on the session's event loop, so a test using one runs there.
         if "kernel" in item.fixturenames and pytest_asyncio.is_async_test(item):
             item.add_marker(pytest.mark.asyncio(loop_scope="session"), append=False)
