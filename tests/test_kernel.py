@@ -178,14 +178,15 @@ async def test_allocating_past_the_memory_limit_raises_memory_error():
 async def test_secrets_are_not_inherited(monkeypatch):
     for name in ("OPENAI_API_KEY", "GITHUB_TOKEN", "APP_SECRET", "DB_PASSWORD", "ALLOWED_TOKEN"):
         monkeypatch.setenv(name, "s3cr3t")
-    monkeypatch.setenv("HARMLESS_SETTING", "visible")
+    monkeypatch.setenv("LC_TIME", "C")  # on the allow-list
+    monkeypatch.setenv("HARMLESS_SETTING", "not asked for")
     async with Kernel(allow_env=["ALLOWED_TOKEN"]) as k:
         result = await k.execute(
             "import os\nsorted(n for n in os.environ if n in "
             "{'OPENAI_API_KEY','GITHUB_TOKEN','APP_SECRET','DB_PASSWORD','ALLOWED_TOKEN',"
-            "'HARMLESS_SETTING'})"
+            "'HARMLESS_SETTING','LC_TIME'})"
         )
-    assert result.output_text == "['ALLOWED_TOKEN', 'HARMLESS_SETTING']"
+    assert result.output_text == "['ALLOWED_TOKEN', 'LC_TIME']"
 
 
 def test_secret_names_are_recognized():

@@ -72,3 +72,14 @@ async def test_pool_never_hands_out_a_kernel_that_died_while_warm():
             assert k.pid != warm.pid
             result = await k.execute("1 + 1")
         assert (result.status, result.output_text, result.restarted) == ("ok", "2", False)
+
+
+async def test_pool_kernels_find_no_sibling_connection_file():
+    # A rollout set a variable in a sibling kernel through the sibling's connection file, which
+    # lay in a directory beside its own. Now the file is gone once the kernel has started.
+    async with KernelPool(size=2) as pool, pool.acquire() as a, pool.acquire() as b:
+        sibling = str(b.workspace_path.parent)
+        found = await a.execute(
+            f"import glob\nglob.glob({sibling!r} + '/**/*.json', recursive=True)"
+        )
+        assert found.output_text == "[]"

@@ -6,7 +6,10 @@ Layers, each importing only those above it in this list:
 - ``result``: ``ExecutionResult`` (built in one place), ``KernelError``, the ``Executor`` protocol
 - ``settings``: ``BlockSettings`` (what executors share), ``Seconds``, ``check_seconds``,
   ``check_count``
-- ``transport``: the ``Transport`` protocol, ``LocalTransport``, ``scrub_environment``
+- ``cgroup``: ``PidsCgroup``, a pids cgroup per local kernel (its process limit)
+- ``sandbox``: bubblewrap's command line for a sandboxed kernel, ``sandbox_problem``
+- ``transport``: the ``Transport`` protocol, ``LocalTransport`` (how a local kernel is launched),
+  ``scrub_environment`` (the allow-list environment)
 - ``remote``: ``RemoteTransport`` (Jupyter Server, Kernel Gateway)
 - ``kernel``: ``Kernel``, the async core
 - ``shell``: ``ShellExecutor``, the notebook's own IPython shell

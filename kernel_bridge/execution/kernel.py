@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -30,8 +29,14 @@ from kernel_bridge.execution.result import (
     Status,
     check_code,
 )
+from kernel_bridge.execution.sandbox import default_read_only_paths, find_bwrap
 from kernel_bridge.execution.settings import BlockSettings, Seconds
-from kernel_bridge.execution.transport import LocalTransport, Transport, scrub_environment
+from kernel_bridge.execution.transport import (
+    LaunchSettings,
+    LocalTransport,
+    Transport,
+    scrub_environment,
+)
 
 RESTARTED_NOTE = "[the kernel was restarted; variables are lost]"
 
@@ -70,10 +75,12 @@ class Kernel(BlockSettings):
         help="CPU seconds a local kernel may use in its life (None: off).",
     ).tag(config=True)
     process_limit = Int(
-        None,
+        1024,
         allow_none=True,
         min=0,
-        help="Processes the kernel's user may own (RLIMIT_NPROC; None: off).",
+        help="Processes and threads a local kernel may have at once (None: off). A pids cgroup "
+        "per kernel where the system offers a writable one; elsewhere RLIMIT_NPROC over the "
+        "user's current count, which does nothing for root.",
     ).tag(config=True)
     file_size_limit = Int(
         1 << 30,
@@ -82,7 +89,10 @@ class Kernel(BlockSettings):
         help="Largest file the kernel may write, in bytes (None: off).",
     ).tag(config=True)
     allow_env = List(
-        Unicode(), help="Environment variables passed to the kernel although they look secret."
+        Unicode(),
+        help="Environment variables passed to the kernel besides the allow-list of locale, "
+        "path and thread settings (names, or patterns such as 'AWS_*'); nothing else of this "
+        "process's environment reaches the kernel.",
     ).tag(config=True)
     extra_env = Dict(help="Environment variables set in the kernel.").tag(config=True)
     workspace = Unicode(
@@ -90,6 +100,19 @@ class Kernel(BlockSettings):
         allow_none=True,
         help="Working directory of the kernel; by default a fresh temporary one, "
         "removed at shutdown.",
+    ).tag(config=True)
+    sandbox = Bool(
+        False,
+        help="Run the local kernel under bubblewrap: no network, a read-only view of the "
+        "system, its own processes only (docs/security.md).",
+    ).tag(config=True)
+    sandbox_network = Bool(False, help="Let a sandboxed kernel use the network.").tag(config=True)
+    sandbox_paths = List(
+        Unicode(),
+        default_value=None,
+        allow_none=True,
+        help="Host paths a sandboxed kernel sees, read-only (None: the kernel-bridge cache, "
+        "where the finance tools keep market data).",
     ).tag(config=True)
     track_files = Bool(True, help="Report files created or changed in the workspace.").tag(
         config=True
@@ -185,30 +208,30 @@ class Kernel(BlockSettings):
                 )
 
     def _local_transport(self) -> LocalTransport:
-        runtime = tempfile.mkdtemp(prefix=f"kernel-bridge-{os.getpid()}-")
-        self._tmpdirs.append(runtime)
-        if self.workspace:
-            ws = Path(self.workspace).resolve()
-            ws.mkdir(parents=True, exist_ok=True)
-        else:
-            ws = Path(runtime) / "workspace"
-            ws.mkdir()
-        self.workspace_path = ws
-        argv = [sys.executable, "-m", "kernel_bridge._launcher"]  # runs execution/_launcher.py
-        for name, value in (
-            ("memory", self.memory_limit),
-            ("cpu-time", self.cpu_time_limit),
-            ("processes", self.process_limit),
-            ("file-size", self.file_size_limit),
-        ):
-            if value:
-                argv += [f"--limit-{name}", str(value)]
-        argv += ["-f", "{connection_file}", "--HistoryManager.hist_file=:memory:"]
-        env = scrub_environment(dict(os.environ), self.allow_env)
-        env.update(self.extra_env)
-        env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
-        env["IPYTHONDIR"] = os.path.join(runtime, "ipython")
-        return LocalTransport(argv, env, str(ws), runtime, self.startup_timeout)
+        if self.sandbox:
+            find_bwrap()  # bubblewrap missing: say so before anything is made
+        directory = tempfile.mkdtemp(prefix=f"kernel-bridge-{os.getpid()}-")
+        self._tmpdirs.append(directory)
+        settings = LaunchSettings(
+            env=scrub_environment(os.environ, self.allow_env, self.extra_env),
+            workspace=self.workspace,
+            memory=self.memory_limit,
+            cpu_time=self.cpu_time_limit,
+            processes=self.process_limit,
+            file_size=self.file_size_limit,
+            sandbox=self.sandbox,
+            network=self.sandbox_network,
+            read_only=list(
+                default_read_only_paths() if self.sandbox_paths is None else self.sandbox_paths
+            ),
+        )
+        try:
+            transport = LocalTransport(directory, settings, self.startup_timeout)
+        except BaseException:
+            self._remove_tmpdirs()
+            raise
+        self.workspace_path = transport.workspace
+        return transport
 
     async def shutdown(self) -> None:
         """Stop the kernel and remove every process and temporary file it made."""
