@@ -21,6 +21,7 @@ from kernel_bridge.settings import (
     MAX_STEPS,
     MAX_TOKENS,
     PROFILE,
+    REASONING_EFFORTS,
     STEP_TIMEOUT,
     TIME_LIMIT,
     count_option,
@@ -52,7 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="model string: 'local' (the embedded model), 'hf:ID_OR_PATH', 'scripted:PATH'; "
         "default: $KERNEL_BRIDGE_MODEL, else the config file, else 'local'",
     )
-    reason.add_argument("--profile", default=PROFILE, help="code-block format of the model")
+    reason.add_argument(
+        "--profile",
+        default=PROFILE,
+        help="code-block format of the model: auto (from its chat template), markdown, retool, "
+        "plain",
+    )
+    reason.add_argument(
+        "--reasoning-effort",
+        choices=REASONING_EFFORTS,
+        default=None,
+        help="how much an API model thinks (LiteLLM's reasoning_effort)",
+    )
     reason.add_argument(
         "--trace",
         type=Path,
@@ -211,7 +223,7 @@ def _reason(args: argparse.Namespace) -> int:
         )
     except RunSpecError as e:
         raise UsageError(str(e)) from None
-    sampler = make_sampler(args.model)
+    sampler = make_sampler(args.model, reasoning_effort=args.reasoning_effort)
     renderer = TerminalRenderer(color=not args.no_color, error_detail=False)
     reasoner = spec.reasoner(sampler)
 

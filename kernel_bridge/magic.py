@@ -75,6 +75,7 @@ from kernel_bridge.settings import (
     MAX_STEPS,
     MAX_TOKENS,
     PROFILE,
+    REASONING_EFFORTS,
     STEP_TIMEOUT,
     TIME_LIMIT,
     count_option,
@@ -259,6 +260,7 @@ def _longest_run(text: str, char: str) -> int:
 class _Options:
     spec: RunSpec  # limits, tools, trace file, profile: as the CLI's
     model: str | None
+    reasoning_effort: str | None
     isolated: bool
     show: str
     cells: bool
@@ -310,6 +312,11 @@ class ReasonMagics(Magics):
         config=True
     )
     profile = Unicode(PROFILE, help="Code-block format of the model.").tag(config=True)
+    reasoning_effort = Unicode(
+        None,
+        allow_none=True,
+        help="How much an API model thinks: " + ", ".join(REASONING_EFFORTS) + " (None: its own).",
+    ).tag(config=True)
     interpolate = Bool(True, help="Fill {name} in the question with notebook variables.").tag(
         config=True
     )
@@ -337,6 +344,7 @@ class ReasonMagics(Magics):
         "show",
         "cells",
         "profile",
+        "reasoning_effort",
         "interpolate",
         "comm",
         "tools",
@@ -385,6 +393,13 @@ class ReasonMagics(Magics):
     )
     @argument("--profile", default=None, help="code-block format of the model")
     @argument(
+        "--reasoning-effort",
+        dest="reasoning_effort",
+        choices=REASONING_EFFORTS,
+        default=None,
+        help="how much an API model thinks (LiteLLM's reasoning_effort)",
+    )
+    @argument(
         "--tools",
         default=None,
         help="toolsets for the model (finance, documents) and notebook variables holding tools",
@@ -408,7 +423,7 @@ class ReasonMagics(Magics):
             args = parse_argstring(self.reason, line)
             options = self._options(args)
             question = self._question(cell)
-            sampler = self._sampler(options.model)
+            sampler = self._sampler(options.model, options.reasoning_effort)
             self._run(options, question, sampler)
         except KeyboardInterrupt:
             raise ReasonError("interrupted before the run started") from None
@@ -434,6 +449,7 @@ class ReasonMagics(Magics):
         return _Options(
             spec=spec,
             model=pick("model"),
+            reasoning_effort=pick("reasoning_effort"),
             isolated=bool(pick("isolated")),
             show=pick("show"),
             cells=bool(pick("cells")),
@@ -495,20 +511,22 @@ class ReasonMagics(Magics):
                 "write {{ and }} for literal braces (or %reason_config interpolate=False)"
             ) from None
 
-    def _sampler(self, model: str | None) -> Any:
+    def _sampler(self, model: str | None, reasoning_effort: str | None = None) -> Any:
         from kernel_bridge.samplers import ModelSpecError, make_sampler, resolve_model
 
         try:
             name = resolve_model(model).strip()
-            if name in self.samplers:
-                return self.samplers[name]
-            sampler = make_sampler(name)
+            # The same API model asked to think is another sampler than the one that is not.
+            key = name if reasoning_effort is None else f"{name} ({reasoning_effort} effort)"
+            if key in self.samplers:
+                return self.samplers[key]
+            sampler = make_sampler(name, reasoning_effort=reasoning_effort)
         except (ModelSpecError, FileNotFoundError) as e:
             raise UsageError(str(e)) from None
         except Exception as e:  # a model that fails to load: one line, not a traceback
             raise ReasonError(f"cannot load model {model!r}: {type(e).__name__}: {e}") from None
         if not name.startswith("scripted:"):  # scripts are re-read, so edits take effect
-            self.samplers[name] = sampler
+            self.samplers[key] = sampler
         return sampler
 
     def _messages(self, question: str, continue_: bool) -> list[dict[str, Any]]:

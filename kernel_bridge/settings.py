@@ -20,7 +20,8 @@ MAX_STEPS = 20  # code blocks one run executes
 MAX_TOKENS = 8192  # tokens the model writes in one run
 STEP_TIMEOUT = 30.0  # seconds one block may run
 TIME_LIMIT = 600.0  # seconds one run may take
-PROFILE = "markdown"  # the code-block format the CLI and the magic ask for
+PROFILE = "auto"  # the code-block format: the one the model's chat template implies
+REASONING_EFFORTS = ("none", "low", "medium", "high")  # LiteLLM's reasoning_effort values
 ISOLATED = False  # %%reason runs the model's code in the notebook's namespace
 
 # The extension's settings that are %%reason defaults in each kernel (kernel_bridge.lab's
@@ -90,6 +91,7 @@ __all__ = [
     "MAX_STEPS",
     "MAX_TOKENS",
     "PROFILE",
+    "REASONING_EFFORTS",
     "STEP_TIMEOUT",
     "TIME_LIMIT",
     "Seconds",

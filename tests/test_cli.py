@@ -103,6 +103,8 @@ def test_errors_are_one_line_without_traceback(tmp_path):
         ("reason", "q", "--model", ""),  # used to run the local model
         ("reason", "q", "--model", "  "),
         ("reason", "q", "--profile", "klingon", "--model", f"scripted:{SCRIPT}"),
+        ("reason", "q", "--reasoning-effort", "extreme"),
+        ("reason", "q", "--model", f"scripted:{SCRIPT}", "--reasoning-effort", "high"),
         ("traces", "show", str(tmp_path / "missing.jsonl")),
         ("export", str(tmp_path / "missing.jsonl"), "--to", str(tmp_path / "x.ipynb")),
         ("frobnicate",),

@@ -541,3 +541,47 @@ def test_missing_gguf_file_says_so(tmp_path):
 
     with pytest.raises(GGUFError, match="no such file"):
         make_sampler(f"gguf:{tmp_path / 'nothing.gguf'}")
+
+
+# -- reasoning effort from the front ends -------------------------------------------------------
+
+
+def test_cli_reasoning_effort_turns_an_api_models_thinking_on(anthropic, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    anthropic.add(Reply("42", reasoning="Six sevens are 42.", chunk_size=4))
+    env = {
+        **os.environ,
+        "KERNEL_BRIDGE_HOME": str(tmp_path),
+        "ANTHROPIC_API_BASE": anthropic.api_base,
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "NO_COLOR": "1",
+    }
+    model = "anthropic/claude-sonnet-4-5"
+    out = subprocess.run(
+        [sys.executable, "-m", "kernel_bridge.cli", "reason", "6*7?", "--model", model,
+         "--reasoning-effort", "low"],
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert anthropic.bodies[0]["thinking"]["type"] == "enabled"
+    (trace,) = TraceStore(tmp_path / "traces.jsonl").load()
+    assert trace.sampler["params"]["reasoning_effort"] == "low"
+    assert trace.text == "<think>\nSix sevens are 42.\n</think>\n\n42"
+
+
+@pytest.mark.parametrize(
+    ("model", "effort", "message"),
+    [
+        ("local", "high", "reasoning effort applies to API models (PROVIDER/MODEL), not 'local'"),
+        ("vllm:http://127.0.0.1:9/v1", "low", "not 'vllm:http://127.0.0.1:9/v1'"),
+        ("openai/gpt-4o", "extreme", "choose one of none, low, medium, high"),
+    ],
+)
+def test_reasoning_effort_is_refused_where_it_cannot_apply(model, effort, message):
+    from kernel_bridge.samplers import ModelSpecError, make_sampler
+
+    with pytest.raises(ModelSpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        make_sampler(model, reasoning_effort=effort)

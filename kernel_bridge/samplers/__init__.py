@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from kernel_bridge import settings
 from kernel_bridge.trace import Segment
 
 
@@ -105,7 +106,16 @@ def resolve_model(explicit: str | None = None) -> str:
     return DEFAULT_MODEL
 
 
-def make_sampler(model: str | None = None) -> Sampler:
+REASONING_EFFORTS = settings.REASONING_EFFORTS
+
+
+def _is_api_model(model: str) -> bool:
+    """``PROVIDER/MODEL``: what no other prefix claims and is not a path."""
+    prefixes = ("scripted:", "local:", "hf:", "gguf:", "vllm:", "/", ".", "~")
+    return "/" in model and not model.startswith(prefixes)
+
+
+def make_sampler(model: str | None = None, *, reasoning_effort: str | None = None) -> Sampler:
     """The sampler a model string names.
 
     ``local`` (the embedded Qwen2.5-Coder-0.5B with the shipped GRPO adapter), ``local-base``
@@ -116,8 +126,23 @@ def make_sampler(model: str | None = None) -> Sampler:
     ``PROVIDER/MODEL`` (an API model through LiteLLM: ``openai/gpt-4o``, ``anthropic/…``,
     ``hosted_vllm/…``, ``ollama_chat/…``; keys and bases from the provider's environment
     variables). ``None`` resolves as ``resolve_model`` says.
+
+    ``reasoning_effort`` (``none``, ``low``, ``medium``, ``high``) asks an API model to think
+    (LiteLLM maps it to each provider's switch); local and served models think as their chat
+    template says, so for them it is refused.
     """
     model = resolve_model(model).strip()
+    if reasoning_effort is not None:
+        if reasoning_effort not in REASONING_EFFORTS:
+            raise ModelSpecError(
+                f"reasoning effort {reasoning_effort!r}: choose one of "
+                + ", ".join(REASONING_EFFORTS)
+            )
+        if not _is_api_model(model):
+            raise ModelSpecError(
+                f"reasoning effort applies to API models (PROVIDER/MODEL), not {model!r}: a "
+                "local or served model thinks as its chat template says"
+            )
     if model.startswith("scripted:"):
         from kernel_bridge.samplers.scripted import ScriptedSampler
 
@@ -139,10 +164,10 @@ def make_sampler(model: str | None = None) -> Sampler:
 
         url, served = parse_model_string(model)
         return VLLMServerSampler.connect(url, served)
-    if "/" in model and not model.startswith(("/", ".", "~")):
+    if _is_api_model(model):
         from kernel_bridge.samplers.litellm import LiteLLMSampler
 
-        return LiteLLMSampler(model)
+        return LiteLLMSampler(model, reasoning_effort=reasoning_effort)
     raise ModelSpecError(
         f"no sampler for model {model!r}: use 'local' (the embedded model; 'local-base' without "
         "its trained adapter, 'local:PATH' with yours), 'hf:ID_OR_PATH' "
@@ -156,6 +181,7 @@ def make_sampler(model: str | None = None) -> Sampler:
 
 __all__ = [
     "DEFAULT_MODEL",
+    "REASONING_EFFORTS",
     "Delta",
     "ModelSpecError",
     "SampleRequest",
