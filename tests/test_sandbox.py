@@ -439,3 +439,28 @@ async def test_finance_tools_keep_their_cutoff_in_the_sandbox(monkeypatch, tmp_p
     assert cached.output_text.endswith("2005-06-30")
     assert "sample data" in sample.output_text, sample.output_text
     assert sample.output_text.endswith("2005-06-01")  # June's bar is over by the cutoff
+
+
+# -- training rollouts ------------------------------------------------------------------------
+
+
+def test_rollouts_are_sandboxed_wherever_bubblewrap_works():
+    from kernel_bridge.execution.sandbox import sandbox_problem
+    from kernel_bridge.training.rollout import RolloutSettings
+
+    assert RolloutSettings().kernel_options() == {"sandbox": sandbox_problem() is None}
+    assert RolloutSettings(sandbox=False).kernel_options() == {"sandbox": False}
+
+
+@needs_bwrap
+async def test_a_rollout_runs_its_blocks_in_the_sandbox():
+    from kernel_bridge.samplers.scripted import ScriptedSampler
+    from kernel_bridge.training.rollout import RolloutSettings, rollout
+
+    settings = RolloutSettings(sandbox=True)
+    script = "<think>\n```python\nimport os\nprint(os.getpid(), os.getppid())\n```\n</think>\n"
+    async with KernelPool(1, **settings.kernel_options()) as pool:
+        trace = await rollout(
+            ScriptedSampler(script + "<answer>2</answer>"), pool, None, settings, "?"
+        )
+    assert [step.output_text for step in trace.steps] == ["2 1"]

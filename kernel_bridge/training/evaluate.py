@@ -124,7 +124,7 @@ async def compare(
     from kernel_bridge.kernel import KernelPool
 
     results: dict[str, dict[str, Any]] = {}
-    async with KernelPool(size=pool_size) as pool:
+    async with KernelPool(pool_size, **settings.kernel_options()) as pool:
         for model in models:
             sampler = greedy_sampler(model, settings.limits.max_tokens, batch)
             # A run starts when it gets a row of the batch, so waiting is not counted against

@@ -27,12 +27,23 @@ class ToolsUnavailableError(RuntimeError):
 
 @dataclass
 class RolloutSettings:
-    """How each rollout runs: limits, prompt, code profile, and how many run at once."""
+    """How each rollout runs: limits, prompt, code profile, how many run at once, and whether
+    its kernel is sandboxed (None: wherever bubblewrap works on this machine)."""
 
     limits: Limits = field(default_factory=Limits)
     profile: str = "markdown"
     system_prompt: str = "default"  # "default", "none", or the text of a system prompt
     concurrency: int = 0  # rollouts running at once (0: all of a step)
+    sandbox: bool | None = None
+
+    def kernel_options(self) -> dict[str, Any]:
+        """The options of every rollout's ``Kernel`` (``KernelPool(size, **options)``)."""
+        sandbox = self.sandbox
+        if sandbox is None:
+            from kernel_bridge.execution.sandbox import sandbox_problem
+
+            sandbox = sandbox_problem() is None
+        return {"sandbox": sandbox}
 
     @classmethod
     def from_config(cls, config: Any) -> RolloutSettings:

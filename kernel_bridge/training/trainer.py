@@ -179,7 +179,7 @@ class Trainer:
             # time spent waiting for other rollouts to finish.
             self.settings.concurrency = c.rollout_batch
         if self.offline is None or c.eval_every:
-            self.pool = await KernelPool(size=c.pool_size).start()
+            self.pool = await KernelPool(c.pool_size, **self.settings.kernel_options()).start()
         self._reporters = Reporters(c, self.out_dir)
         return self
 
