@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from kernel_bridge import __version__
+from kernel_bridge.errors import UserError
 from kernel_bridge.settings import (
     MAX_STEPS,
     MAX_TOKENS,
@@ -30,7 +31,7 @@ from kernel_bridge.settings import (
 )
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A problem with what the user asked for; printed as one line."""
 
 
@@ -176,13 +177,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             return _eval(args)
         return _export(args)
-    except UsageError as e:
-        return _fail(str(e))
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError) as e:  # config, files, kernels: one readable line
+    except (UserError, OSError) as e:  # options, configs, models, files, kernels: one line
         return _fail(str(e))
+    except Exception:  # anything else is ours to fix: the whole traceback, and say so
+        import traceback
+
+        traceback.print_exc()
+        _say(
+            "bug",
+            f"this is a bug in kernel-bridge {__version__}, not in your input; please report it "
+            "with the traceback above and the command you ran",
+        )
+        return 70  # EX_SOFTWARE
 
 
 def _fail(message: str) -> int:

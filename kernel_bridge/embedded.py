@@ -27,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kernel_bridge.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -53,7 +55,7 @@ CONVERSION_NOTICE = (
 )
 
 
-class EmbeddedModelError(RuntimeError):
+class EmbeddedModelError(UserError, RuntimeError):
     """The embedded model cannot be assembled or loaded (missing package, bad checksum)."""
 
 

@@ -57,6 +57,7 @@ from IPython.display import display
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Int, TraitError, Unicode
 
+from kernel_bridge.errors import UserError
 from kernel_bridge.events import (
     COMM_TARGET,
     CellsEvent,
@@ -87,7 +88,7 @@ TRACE_MIME = "application/vnd.kernel-bridge.trace+json"
 STOP_WAIT_S = 15.0  # how long an interrupted run may take to save its trace
 
 
-class ReasonError(Exception):
+class ReasonError(UserError):
     """A ``%%reason`` run that failed or was stopped; the cell shows it as one line."""
 
     def _render_traceback_(self) -> list[str]:

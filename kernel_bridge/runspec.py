@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kernel_bridge.errors import UserError
 from kernel_bridge.reasoner import Limits, Reasoner
 from kernel_bridge.settings import (
     MAX_STEPS,
@@ -24,7 +25,7 @@ from kernel_bridge.settings import (
 from kernel_bridge.tools import Toolbox
 
 
-class RunSpecError(ValueError):
+class RunSpecError(UserError, ValueError):
     """An option of a run that the user can fix; the message says which and how."""
 
 

@@ -25,6 +25,8 @@ from typing import Any, Literal, Protocol, TypeVar, get_args
 import nbformat
 from nbformat import NotebookNode
 
+from kernel_bridge.errors import UserError
+
 FORMAT_VERSION = 1
 
 SpanKind = Literal["think", "answer", "text", "code", "markup"]
@@ -62,7 +64,7 @@ _STEP_REQUIRED = [
 T = TypeVar("T")
 
 
-class TraceFormatError(ValueError):
+class TraceFormatError(UserError, ValueError):
     """A trace (or a line of a trace file) does not follow the format; the message says where."""
 
 
@@ -70,7 +72,7 @@ class PartialLineWarning(UserWarning):
     """A trace file ended in a line cut short by a crash mid-write; it was skipped or removed."""
 
 
-class TraceStoreError(OSError):
+class TraceStoreError(UserError, OSError):
     """Traces cannot be written where asked; the message names the path and the reason."""
 
 

@@ -21,6 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
+from kernel_bridge.errors import UserError
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 GROUP = "kernel-bridge"
 
@@ -42,7 +44,7 @@ def _v2_dir(root: Path) -> Path | None:
     return None
 
 
-class CgroupUnavailableError(Exception):
+class CgroupUnavailableError(UserError):
     """This process cannot make a pids cgroup; the message says why."""
 
 

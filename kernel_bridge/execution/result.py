@@ -14,13 +14,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from nbformat import NotebookNode
 
+from kernel_bridge.errors import UserError
 from kernel_bridge.execution.outputs import OutputCollector
 
 Status = Literal["ok", "error", "timeout", "died"]
 OnOutput = Callable[[NotebookNode], None]
 
 
-class KernelError(RuntimeError):
+class KernelError(UserError, RuntimeError):
     """The kernel could not be started or reached; the message says what to do."""
 
 

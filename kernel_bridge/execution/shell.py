@@ -36,6 +36,7 @@ from typing import Any
 from nbformat import NotebookNode
 from traitlets import Bool
 
+from kernel_bridge.errors import KernelBridgeError
 from kernel_bridge.execution.outputs import OutputCollector
 from kernel_bridge.execution.result import (
     ExecutionResult,
@@ -52,7 +53,7 @@ from kernel_bridge.execution.settings import BlockSettings, Seconds
 _block_numbers = itertools.count(1)
 
 
-class StdinDisabledError(RuntimeError):
+class StdinDisabledError(KernelBridgeError, RuntimeError):
     """``input()`` was called by code that has no user to answer it."""
 
 

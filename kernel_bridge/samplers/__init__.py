@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from kernel_bridge import settings
+from kernel_bridge.errors import UserError
 from kernel_bridge.trace import Segment
 
 
@@ -68,7 +69,7 @@ def check_sampling(
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(UserError, ValueError):
     """A model string that names no usable sampler."""
 
 

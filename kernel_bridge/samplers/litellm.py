@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from kernel_bridge.errors import UserError
 from kernel_bridge.samplers import Delta, ModelSpecError, SampleRequest, check_sampling
 
 # The user message of the turn-based fallback, sent after the assistant turn so far.
@@ -54,7 +55,7 @@ MAX_STOP_STRINGS = 4  # OpenAI's limit; the lowest common one
 MAX_BACKOFF_S = 20.0
 
 
-class SamplerError(RuntimeError):
+class SamplerError(UserError, RuntimeError):
     """An API call failed in a way the user must act on (key, model name, outage, broken stream)."""
 
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
-from kernel_bridge.samplers import Delta, SampleRequest
+from kernel_bridge.samplers import Delta, ModelSpecError, SampleRequest
 
 # An output block a script may carry after a code block: ```output … ``` or <interpreter>…</…>.
 _OUTPUT_BLOCK_RE = re.compile(
@@ -80,7 +80,7 @@ class ScriptedSampler:
             if key is None:
                 return text
         keys = ", ".join(repr(key) for key, _ in self.turns)
-        raise ValueError(
+        raise ModelSpecError(
             f"{self.name}: no turn of the script answers the question {question[:80]!r}; "
             f"its turns are for questions containing {keys}"
         )
@@ -122,6 +122,8 @@ def _split_turns(script: str) -> list[tuple[str | None, str]]:
         end = following.start() if following is not None else len(script)
         text = script[header.end() : end]
         if not header.group(1):
-            raise ValueError(f"a '=== question:' line of the script names no question: {text!r}")
+            raise ModelSpecError(
+                f"a '=== question:' line of the script names no question: {text!r}"
+            )
         turns.append((header.group(1), text))
     return turns

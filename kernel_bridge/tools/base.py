@@ -16,6 +16,8 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from kernel_bridge.errors import UserError
+
 # smolagents' type names, and the Python type each one is shown as in the prompt.
 TYPE_NAMES: dict[str, str] = {
     "string": "str",
@@ -41,7 +43,7 @@ _PYTHON_TO_TYPE: dict[Any, str] = {
 }
 
 
-class ToolError(Exception):
+class ToolError(UserError):
     """A tool call failed; the message names the tool, the arguments and what went wrong."""
 
     def _render_traceback_(self) -> list[str]:

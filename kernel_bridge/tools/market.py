@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from kernel_bridge.errors import UserError
+
 OFFLINE_ENV = "KERNEL_BRIDGE_OFFLINE"
 SAMPLE_TICKERS = ("AAPL", "AMZN", "GOOG", "IBM", "MSFT")
 SAMPLE_SOURCE = (
@@ -33,7 +35,7 @@ STATEMENTS = ("income", "balance", "cashflow")
 PERIODS = ("annual", "quarterly")
 
 
-class MarketDataError(Exception):
+class MarketDataError(UserError):
     """No source could answer; the message says what was tried and what is available."""
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kernel_bridge.training.tasks import TaskError
+
 if TYPE_CHECKING:
     from kernel_bridge.trace import Trace
     from kernel_bridge.training.tasks import Task
@@ -109,7 +111,7 @@ def _canonical_number(text: str) -> str:
 def correct(trace: Trace, task: Task | None = None) -> float:
     """1 when the final answer matches the task's reference (exact, numeric, set or list)."""
     if task is None or task.answer is None:
-        raise ValueError(
+        raise TaskError(
             "the 'correct' reward needs a task with a reference answer; traces loaded without "
             "one can use 'human' or 'format' instead"
         )

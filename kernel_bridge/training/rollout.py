@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernel_bridge.errors import UserError
 from kernel_bridge.kernel import ExecutionResult, Kernel, KernelPool
 from kernel_bridge.reasoner import Limits, Reasoner
 from kernel_bridge.samplers import Sampler
@@ -21,7 +22,7 @@ from kernel_bridge.training.rewards import RewardResult
 from kernel_bridge.training.tasks import Task
 
 
-class ToolsUnavailableError(RuntimeError):
+class ToolsUnavailableError(UserError, RuntimeError):
     """A task asks for a toolset that this installation cannot provide."""
 
 

@@ -26,13 +26,15 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from kernel_bridge.errors import UserError
+
 Match = Literal["exact", "numeric", "set", "list"]
 Split = Literal["train", "heldout"]
 MATCHES = ("exact", "numeric", "set", "list")
 TICKERS = ("AAPL", "AMZN", "GOOG", "IBM", "MSFT")
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """A task (or a line of a task file) that cannot be used; the message says where and why."""
 
 
