@@ -174,6 +174,19 @@ async def test_processes_left_in_the_cgroup_are_killed_at_restart():
         assert k._transport.cgroup.pids() == [k.pid]
 
 
+def test_a_cgroup_the_launcher_cannot_join_is_a_warning_not_a_failure():
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "kernel_bridge._launcher", "--cgroup", "/nonexistent", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert "kernel-bridge: cannot join /nonexistent" in done.stderr
+
+
 # -- the sandbox ------------------------------------------------------------------------------
 
 

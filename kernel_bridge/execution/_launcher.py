@@ -63,8 +63,12 @@ def main() -> None:
     parser.add_argument("--cgroup", default=None)
     limits, rest = parser.parse_known_args(argv)
     if limits.cgroup:
-        with open(os.path.join(limits.cgroup, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
+        try:
+            with open(os.path.join(limits.cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as e:  # a kernel without its cgroup beats no kernel
+            print(f"kernel-bridge: cannot join {limits.cgroup}: {e}", file=sys.stderr)
+            limits.cgroup = None
     for name, which in _LIMITS.items():
         value = getattr(limits, name)
         if not value:

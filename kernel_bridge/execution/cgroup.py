@@ -95,12 +95,17 @@ class PidsCgroup:
 
     @staticmethod
     def _remove_stale(parent: Path) -> None:
-        """Drop empty cgroups that processes no longer running left behind."""
+        """Drop empty cgroups that processes no longer running left behind (a minute old at
+        least: the owner may be a process of another pid namespace, still starting its kernel)."""
         for child in parent.iterdir():
             owner = child.name.split("-", 1)[0]
-            if child.is_dir() and owner.isdigit() and not Path(f"/proc/{owner}").exists():
-                with contextlib.suppress(OSError):
-                    child.rmdir()
+            with contextlib.suppress(OSError):
+                if (
+                    owner.isdigit()
+                    and not Path(f"/proc/{owner}").exists()
+                    and time.time() - child.stat().st_mtime > 60
+                ):
+                    child.rmdir()  # fails while a process is in it
 
     def pids(self) -> list[int]:
         try:
