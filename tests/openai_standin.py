@@ -20,6 +20,7 @@ The server plumbing is ``ScriptedServer`` (``tests/http_standin.py``).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ class Reply:
     reasoning_chunks: list[str] | None = None  # explicit chunks of it
     reasoning_key: str = "reasoning_content"  # the delta's field: DeepSeek, vLLM; or "reasoning"
     null_content: bool = False  # reasoning deltas also carry "content": null (DeepSeek)
+    # gates[i] is set by the test when it has chunk i; the server sends chunk i + 1 only then
+    # (or after GATE_WAIT_S, counted in the exchange's ``gates_missed``).
+    gates: list[threading.Event] | None = None
 
     def pieces(self) -> list[str]:
         if self.chunks is not None:
@@ -63,6 +67,9 @@ class Reply:
         ]
 
 
+GATE_WAIT_S = 30.0  # how long a gated chunk waits for the client to have the one before
+
+
 def _split(text: str, size: int) -> list[str]:
     n = max(1, size)
     return [text[i : i + n] for i in range(0, len(text), n)]
@@ -75,6 +82,7 @@ class Exchange(ScriptedExchange):
     path: str
     headers: dict[str, str]
     reply: Reply
+    gates_missed: int = 0  # chunks sent before the client had the one before
 
 
 class _Handler(ScriptedHandler):
@@ -117,6 +125,8 @@ class _Handler(ScriptedHandler):
                 exchange.completed = True
                 return
             self._pause(reply.delay)
+            if reply.gates is not None and i > 0 and not reply.gates[i - 1].wait(GATE_WAIT_S):
+                exchange.gates_missed += 1
             if kind == "reasoning":
                 delta: dict[str, Any] = {reply.reasoning_key: piece}
                 if reply.null_content:
