@@ -237,7 +237,7 @@ def test_stop_button_interrupts_the_block_and_saves_the_trace(notebook, trace_fi
     cell = notebook.reason(f"--model {script('magic_sleep.txt')} --trace {trace_file}", "Sleep.")
     elapsed = time.monotonic() - t0
     timer.join()
-    assert elapsed < 3.0, f"the run took {elapsed:.1f} s to stop"
+    assert elapsed < 15, f"the run took {elapsed:.1f} s to stop"  # the block sleeps 30 s
     errors = [o for o in cell.outputs if o.output_type == "error"]
     assert len(errors) == 1 and errors[0].traceback == [f"kernel-bridge: {errors[0].evalue}"]
     assert errors[0].evalue.startswith("interrupted; trace ")
@@ -255,20 +255,20 @@ def test_stop_button_interrupts_generation(notebook, trace_file):
         "from kernel_bridge.samplers.scripted import ScriptedSampler\n"
         "magics = get_ipython().magics_manager.registry['ReasonMagics']\n"
         "magics.samplers['slow'] = ScriptedSampler(\n"
-        "    '<think>\\n' + 'thinking slowly. ' * 400, chunk_size=4, delay=0.01)"
+        "    '<think>\\n' + 'thinking slowly. ' * 1000, chunk_size=4, delay=0.01)"
     )
     timer = notebook.interrupt_after(1.0)
     t0 = time.monotonic()
     cell = notebook.reason(f"--model slow --trace {trace_file}", "Think.")
     elapsed = time.monotonic() - t0
     timer.join()
-    assert elapsed < 2.5, f"generation took {elapsed:.1f} s to stop"
+    assert elapsed < 20, f"generation took {elapsed:.1f} s to stop"  # unstopped: 40 s
     labels = summary(cell)
     assert labels[0].startswith("stdout:thinking slowly.")
     assert labels[-1].startswith("error:interrupted; trace ")
     trace = last_trace(trace_file)
     assert trace.finish_reason == "interrupted"
-    assert 0 < len(trace.text) < len("thinking slowly. ") * 400
+    assert 0 < len(trace.text) < len("thinking slowly. ") * 1000
 
 
 def test_stop_button_interrupts_a_sidecar_block(notebook, trace_file):
@@ -279,7 +279,7 @@ def test_stop_button_interrupts_a_sidecar_block(notebook, trace_file):
         f"--isolated --model {script('magic_sleep.txt')} --trace {trace_file}", "Sleep."
     )
     timer.join()
-    assert time.monotonic() - t0 < 5.0
+    assert time.monotonic() - t0 < 15  # the block sleeps 30 s
     assert summary(cell)[-1].startswith("error:interrupted; trace ")
     assert last_trace(trace_file).finish_reason == "interrupted"
 
@@ -290,7 +290,7 @@ def test_timeout_in_shared_mode_stops_loops_and_sleeps_and_keeps_variables(noteb
     cell = notebook.reason(
         f"--timeout 1 --model {script('magic_timeout.txt')} --trace {trace_file}", "Spin."
     )
-    assert time.monotonic() - t0 < 6.0
+    assert time.monotonic() - t0 < 25  # the loop never ends; the sleep takes 30 s
     assert [x for x in summary(cell) if x.startswith("step:")] == [
         "step:timeout",
         "step:timeout",
