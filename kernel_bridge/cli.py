@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     reason.add_argument(
         "--time-limit", type=seconds_option, default=TIME_LIMIT, help="seconds for the whole run"
     )
+    reason.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run the model's code in a sandboxed kernel (bubblewrap: no network, a read-only "
+        "system, its own processes; docs/security.md)",
+    )
     reason.add_argument("--no-color", action="store_true", help="plain text output")
     reason.add_argument(
         "--tools",
@@ -229,6 +235,7 @@ def _reason(args: argparse.Namespace) -> int:
             tools=args.tools,
             cutoff=args.cutoff,
             authorized_imports=args.authorized_imports,
+            sandbox=args.sandbox,
         )
     except RunSpecError as e:
         raise UsageError(str(e)) from None

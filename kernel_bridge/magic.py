@@ -66,6 +66,7 @@ from kernel_bridge.events import (
     run_summary,
     step_line,
 )
+from kernel_bridge.execution.sandbox import sandbox_problem
 from kernel_bridge.executors import ShellExecutor, ShellJob
 from kernel_bridge.kernel import Kernel, LoopThread, Seconds
 from kernel_bridge.parsing import CodeEnd, TextDelta
@@ -263,6 +264,7 @@ class _Options:
     model: str | None
     reasoning_effort: str | None
     isolated: bool
+    sandbox: bool
     show: str
     cells: bool
     continue_: bool
@@ -296,6 +298,11 @@ class ReasonMagics(Magics):
     isolated = Bool(
         ISOLATED,
         help="Run the model's code in a sidecar kernel instead of the notebook's namespace.",
+    ).tag(config=True)
+    sandbox = Bool(
+        False,
+        help="With isolated: run the sidecar kernel under bubblewrap (no network, a read-only "
+        "system, its own processes).",
     ).tag(config=True)
     max_steps = Int(MAX_STEPS, min=1, help="Most code blocks one run executes.").tag(config=True)
     max_tokens = Int(MAX_TOKENS, min=1, help="Most tokens the model writes in one run.").tag(
@@ -346,6 +353,7 @@ class ReasonMagics(Magics):
         "cells",
         "profile",
         "reasoning_effort",
+        "sandbox",
         "interpolate",
         "comm",
         "tools",
@@ -373,6 +381,12 @@ class ReasonMagics(Magics):
         action=argparse.BooleanOptionalAction,
         default=None,
         help="run the code in a sidecar kernel, not the notebook's namespace",
+    )
+    @argument(
+        "--sandbox",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --isolated: the sidecar kernel runs sandboxed (bubblewrap)",
     )
     @argument("--max-steps", type=count_option, default=None, help="most code blocks to run")
     @argument("--max-tokens", type=count_option, default=None, help="most model tokens")
@@ -434,6 +448,14 @@ class ReasonMagics(Magics):
             value = getattr(args, name)
             return getattr(self, name) if value is None else value
 
+        sandbox = bool(pick("sandbox"))
+        if sandbox and not pick("isolated"):
+            raise UsageError(
+                "--sandbox needs --isolated: without it the model's code runs in this notebook's "
+                "own kernel, which no sandbox can hold"
+            )
+        if sandbox and (problem := sandbox_problem()):
+            raise UsageError(f"--sandbox: {problem}")
         try:
             check_model(args.model)
             spec = RunSpec.build(
@@ -452,6 +474,7 @@ class ReasonMagics(Magics):
             model=pick("model"),
             reasoning_effort=pick("reasoning_effort"),
             isolated=bool(pick("isolated")),
+            sandbox=sandbox,
             show=pick("show"),
             cells=bool(pick("cells")),
             continue_=args.continue_,
@@ -547,7 +570,7 @@ class ReasonMagics(Magics):
         mailbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         executor: Any
         if options.isolated:
-            executor = self._sidecar_kernel()
+            executor = self._sidecar_kernel(options.sandbox)
         else:
             executor = ShellExecutor(
                 self.shell,
@@ -643,10 +666,16 @@ class ReasonMagics(Magics):
             self._loop = LoopThread()
         return self._loop
 
-    def _sidecar_kernel(self) -> Kernel:
-        """The notebook's sidecar kernel (started by the first run that needs it)."""
+    def _sidecar_kernel(self, sandbox: bool | None = None) -> Kernel:
+        """The notebook's sidecar kernel (started by the first run that needs it); ``sandbox``
+        True or False must match a running one (None: whichever runs)."""
+        if self._sidecar is not None and sandbox is not None and self._sidecar.sandbox != sandbox:
+            running = "sandboxed" if self._sidecar.sandbox else "not sandboxed"
+            raise UsageError(
+                f"the sidecar kernel runs {running}: `%reason_kernel shutdown` first to switch"
+            )
         if self._sidecar is None:
-            options: dict[str, Any] = {}
+            options: dict[str, Any] = {"sandbox": bool(sandbox)}
             if "workspace" not in self.config.get("Kernel", {}):
                 options["workspace"] = os.getcwd()  # the notebook's files, e.g. its data
             self._sidecar = Kernel(parent=self, **options)

@@ -129,6 +129,7 @@ class Reasoner:
         start_section: str | None = None,
         tools: Toolbox | Iterable[Any] | None = None,
         authorized_imports: Iterable[str] | None = None,
+        sandbox: bool = False,
     ) -> None:
         self.sampler = sampler
         self.tools = Toolbox.of(tools, authorized_imports)
@@ -150,6 +151,7 @@ class Reasoner:
         self.start_section = start_section
         self._kernel: Executor | None = kernel
         self._owns_kernel = kernel is None
+        self.sandbox = sandbox  # for the kernel started here; a kernel passed in is as it is
         self._tools_in: Executor | None = None
         self.trace: Trace | None = None
         # Where the last run's trace was saved, and why not in ``store`` if it went elsewhere.
@@ -158,7 +160,7 @@ class Reasoner:
 
     async def kernel(self) -> Executor:
         if self._kernel is None:
-            self._kernel = Kernel(timeout=self.limits.step_timeout)
+            self._kernel = Kernel(timeout=self.limits.step_timeout, sandbox=self.sandbox)
         if not self._kernel.started:
             await self._kernel.start()
         if self.tools and self._tools_in is not self._kernel:

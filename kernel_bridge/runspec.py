@@ -62,6 +62,7 @@ class RunSpec:
     trace_path: Path
     tools: Toolbox | None = None
     profile: str = PROFILE
+    sandbox: bool = False  # the run's own kernel under bubblewrap
 
     @classmethod
     def build(
@@ -76,6 +77,7 @@ class RunSpec:
         tools: Toolbox | str | None = None,
         cutoff: str | None = None,
         authorized_imports: str | None = None,
+        sandbox: bool = False,
     ) -> RunSpec:
         """The run of these options (a ``RunSpecError`` for the first one that is wrong).
 
@@ -102,10 +104,18 @@ class RunSpec:
             TraceStore(trace_path).check_writable()  # before the model loads and the run starts
         except TraceStoreError as e:
             raise RunSpecError(str(e)) from None
-        return cls(limits=limits, trace_path=trace_path, tools=tools, profile=profile)
+        if sandbox:
+            from kernel_bridge.execution.sandbox import sandbox_problem
+
+            if problem := sandbox_problem():
+                raise RunSpecError(f"--sandbox: {problem}")
+        return cls(
+            limits=limits, trace_path=trace_path, tools=tools, profile=profile, sandbox=sandbox
+        )
 
     def reasoner(self, sampler: Any, executor: Any = None) -> Reasoner:
-        """The Reasoner of this run; ``executor`` None: a fresh local kernel."""
+        """The Reasoner of this run; ``executor`` None: a fresh local kernel (sandboxed with
+        ``sandbox``), which the Reasoner shuts down when it closes."""
         try:
             return Reasoner(
                 sampler,
@@ -114,6 +124,7 @@ class RunSpec:
                 limits=self.limits,
                 store=self.trace_path,
                 tools=self.tools,
+                sandbox=self.sandbox,
             )
         except ValueError as e:
             raise RunSpecError(str(e)) from None

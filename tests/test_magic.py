@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -575,3 +576,29 @@ def test_a_tools_name_that_is_neither_a_toolset_nor_tools_is_one_error_line(
     cell = notebook.reason(f"--tools {tools} --model {script('magic_own_tools.txt')}", "Go.")
     assert len(cell.outputs) == 1
     assert cell.outputs[0].text.startswith(message) and cell.outputs[0].text.count("\n") == 1
+
+
+# -- --sandbox -------------------------------------------------------------------------------------
+
+
+def test_sandbox_needs_isolated(notebook, trace_file):
+    cell = notebook.reason(f"--sandbox --model {script('sandbox_hostname.txt')}", "Where?")
+    assert [o.text for o in cell.outputs][0].startswith("UsageError: --sandbox needs --isolated")
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+def test_isolated_sandbox_runs_the_sidecar_in_the_sandbox(notebook, trace_file):
+    notebook.run("%reason_kernel shutdown")
+    notebook.reason(
+        f"--isolated --sandbox --model {script('sandbox_hostname.txt')} --trace {trace_file}",
+        "Where?",
+    )
+    assert last_trace(trace_file).steps[0].output_text == "sandbox False"
+    # The running sidecar is sandboxed: asking for an unsandboxed one says how to switch.
+    cell = notebook.reason(
+        f"--isolated --no-sandbox --model {script('sandbox_hostname.txt')}", "Where?"
+    )
+    (message,) = [o.text for o in cell.outputs]
+    assert message.startswith("UsageError: the sidecar kernel runs sandboxed")
+    assert "%reason_kernel shutdown" in message
+    notebook.run("%reason_kernel shutdown")

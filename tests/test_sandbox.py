@@ -477,3 +477,42 @@ async def test_a_rollout_runs_its_blocks_in_the_sandbox():
             ScriptedSampler(script + "<answer>2</answer>"), pool, None, settings, "?"
         )
     assert [step.output_text for step in trace.steps] == ["2 1"]
+
+
+# -- the front ends' --sandbox ---------------------------------------------------------------------
+
+SANDBOX_SCRIPT = Path(__file__).parent / "scripts" / "sandbox_hostname.txt"
+
+
+@needs_bwrap
+def test_cli_sandbox_runs_the_models_code_in_the_sandbox(tmp_path):
+    import subprocess
+    import sys
+
+    from kernel_bridge.trace import load_traces
+
+    env = {**os.environ, "KERNEL_BRIDGE_HOME": str(tmp_path), "NO_COLOR": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "kernel_bridge.cli", "reason", "Where?", "--sandbox",
+         "--model", f"scripted:{SANDBOX_SCRIPT}"],
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (trace,) = load_traces(tmp_path / "traces.jsonl")
+    assert trace.steps[0].output_text == "sandbox False"  # its own hostname, no home directory
+
+
+def test_cli_sandbox_without_bubblewrap_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    # A PATH without bwrap on it: the check runs before the model loads or a kernel starts.
+    env = {**os.environ, "KERNEL_BRIDGE_HOME": str(tmp_path), "PATH": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "kernel_bridge.cli", "reason", "Where?", "--sandbox",
+         "--model", f"scripted:{SANDBOX_SCRIPT}"],
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.startswith("kernel-bridge: error: --sandbox: ") and "bubblewrap" in out.stderr
+    assert out.stderr.count("\n") == 1
