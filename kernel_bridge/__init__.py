@@ -12,11 +12,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BlockingKernel": "kernel_bridge.kernel",
-    "ExecutionResult": "kernel_bridge.kernel",
-    "Kernel": "kernel_bridge.kernel",
-    "KernelError": "kernel_bridge.kernel",
-    "KernelPool": "kernel_bridge.kernel",
+    "BlockingKernel": "kernel_bridge.execution",
+    "ExecutionResult": "kernel_bridge.execution",
+    "Kernel": "kernel_bridge.execution",
+    "KernelError": "kernel_bridge.execution",
+    "KernelPool": "kernel_bridge.execution",
     "Limits": "kernel_bridge.reasoner",
     "Reasoner": "kernel_bridge.reasoner",
     "Trace": "kernel_bridge.trace",

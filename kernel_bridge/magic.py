@@ -66,9 +66,8 @@ from kernel_bridge.events import (
     run_summary,
     step_line,
 )
+from kernel_bridge.execution import Kernel, LoopThread, Seconds, ShellExecutor, ShellJob
 from kernel_bridge.execution.sandbox import sandbox_problem
-from kernel_bridge.executors import ShellExecutor, ShellJob
-from kernel_bridge.kernel import Kernel, LoopThread, Seconds
 from kernel_bridge.parsing import CodeEnd, TextDelta
 from kernel_bridge.reasoner import RunFinished, StepFinished, StepOutput
 from kernel_bridge.runspec import RunSpec, RunSpecError, check_model, load_tools

@@ -16,7 +16,7 @@ from rich.syntax import Syntax
 from rich.text import Text
 
 from kernel_bridge.events import kernel_note, run_summary, step_line
-from kernel_bridge.outputs import describe_data, short_traceback
+from kernel_bridge.execution.outputs import describe_data, short_traceback
 from kernel_bridge.parsing import CodeDelta, CodeEnd, CodeStart, TextDelta
 from kernel_bridge.reasoner import RunFinished, RunStarted, StepFinished, StepOutput, StepStarted
 from kernel_bridge.trace import Trace, trace_pieces

@@ -121,7 +121,7 @@ async def compare(
     """Evaluate every model string on the same tasks, one model after the other; metrics by
     model. ``out_dir`` gets every trace (``eval_traces.jsonl``, the model in each)."""
     from kernel_bridge.embedded import is_embedded
-    from kernel_bridge.kernel import KernelPool
+    from kernel_bridge.execution import KernelPool
 
     results: dict[str, dict[str, Any]] = {}
     async with KernelPool(pool_size, **settings.kernel_options()) as pool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernel_bridge.errors import UserError
-from kernel_bridge.kernel import ExecutionResult, Kernel, KernelPool
+from kernel_bridge.execution import ExecutionResult, Kernel, KernelPool
 from kernel_bridge.reasoner import Limits, Reasoner
 from kernel_bridge.samplers import Sampler
 from kernel_bridge.trace import Trace

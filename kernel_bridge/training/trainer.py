@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from kernel_bridge.kernel import KernelPool
+from kernel_bridge.execution import KernelPool
 from kernel_bridge.trace import Trace, TraceStore, load_traces
 from kernel_bridge.training import checkpoints
 from kernel_bridge.training.batch import Example, LogprobCheck, training_example, update_batch

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from kernel_bridge.kernel import KernelPool, LoopThread
+from kernel_bridge.execution import KernelPool, LoopThread
 from kernel_bridge.reasoner import Limits
 from kernel_bridge.samplers import Sampler
 from kernel_bridge.trace import Trace, TraceStore
