@@ -384,9 +384,7 @@ class _Run:
         yield StepStarted(index, code)
         queue: asyncio.Queue[NotebookNode] = asyncio.Queue()
         # What the front ends were shown, kept (bounded by the same caps) for a stopped step.
-        shown = OutputCollector(
-            getattr(kernel, "output_cap", 2000), getattr(kernel, "store_cap", 200_000)
-        )
+        shown = OutputCollector(getattr(kernel, "output_limits", None))
 
         def on_output(output: NotebookNode) -> None:
             content = {key: value for key, value in output.items() if key != "output_type"}
@@ -432,6 +430,7 @@ class _Run:
             duration_s=result.duration_s,
             new_files=result.new_files,
             restarted=result.restarted,
+            background_output=result.background_output,
         )
         self.trace.steps.append(step)
         text = self.r.profile.format_output(result.output_text or NO_OUTPUT)

@@ -26,8 +26,13 @@ import nbformat
 from nbformat import NotebookNode
 
 from kernel_bridge.errors import UserError
+from kernel_bridge.execution.outputs import cap_lines, data_size, format_size, shorten
 
 FORMAT_VERSION = 1
+# A saved trace line stays readable whatever the code printed: a step's outputs are cut to fit
+# STEP_BYTES, and the largest steps further until the line fits LINE_BYTES (see ``to_json``).
+STEP_BYTES = 8 << 20
+LINE_BYTES = 32 << 20
 
 SpanKind = Literal["think", "answer", "text", "code", "markup"]
 SegmentKind = Literal["model", "tool"]
@@ -93,6 +98,70 @@ def _check_choice(value: Any, choices: Any, what: str) -> None:
     allowed = get_args(choices)
     if value not in allowed:
         raise TraceFormatError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _cut_outputs(step: dict[str, Any], size: int, limit: int) -> dict[str, Any]:
+    """A copy of a step dict whose outputs are cut so that its JSON is about ``limit`` long:
+    rich data to its text/plain (largest first), then stream texts and tracebacks to head and
+    tail, then the first and last outputs only; a last output says so."""
+    outputs = [dict(output) for output in step.get("outputs", [])]
+    sizes = [len(_dumps(output)) for output in outputs]
+    total = sum(sizes) + len(outputs) + 1  # with the commas and brackets
+    budget = max(limit - (size - total) - 500, 0)
+
+    def resize(i: int) -> None:
+        nonlocal total
+        new = len(_dumps(outputs[i]))
+        total += new - sizes[i]
+        sizes[i] = new
+
+    for i in sorted(range(len(outputs)), key=lambda i: -sizes[i]):
+        if total <= budget:
+            break
+        data = outputs[i].get("data")
+        if isinstance(data, dict) and (len(data) > 1 or "text/plain" not in data):
+            plain = data.get("text/plain")
+            note = f"[{', '.join(sorted(data))} output of {format_size(data_size(data))} cut]"
+            if isinstance(plain, str) and len(plain) <= 1000:
+                note = f"{plain}\n{note}"
+            outputs[i]["data"] = {"text/plain": note}
+            resize(i)
+    if total > budget:
+        each = max(budget // max(len(outputs), 1), 200)
+        for i, output in enumerate(outputs):
+            for key in ("text", "evalue"):
+                if isinstance(output.get(key), str):
+                    output[key] = shorten(output[key], each)
+            data = output.get("data")
+            if isinstance(data, dict) and isinstance(data.get("text/plain"), str):
+                output["data"] = {**data, "text/plain": shorten(data["text/plain"], each)}
+            if isinstance(output.get("traceback"), list):
+                output["traceback"] = cap_lines([str(x) for x in output["traceback"]], each)
+            resize(i)
+    if total > budget and outputs:  # still too many outputs: keep the first and last ones
+        n = len(outputs)
+        keep = max(budget // max(total // n, 1), 2)
+        if keep < n:
+            outputs = outputs[: keep // 2] + outputs[n - (keep - keep // 2) :]
+    note = (
+        f"[outputs cut in the saved trace: {format_size(size)} of step JSON over the limit of "
+        f"{format_size(limit)}]"
+    )
+    outputs.append(
+        {
+            "output_type": "display_data",
+            "data": {"text/plain": note},
+            "metadata": {"kernel_bridge": {"omitted": True}},
+        }
+    )
+    cut = {**step, "outputs": outputs}
+    if isinstance(cut.get("background_output"), str):
+        cut["background_output"] = shorten(cut["background_output"], max(budget // 10, 200))
+    return cut
 
 
 def _build(cls: type[T], where: str, **fields: Any) -> T:
@@ -213,6 +282,8 @@ class Step:
     """One code block the kernel ran: its code, what it printed, and how it ended.
 
     ``outputs`` are nbformat v4 output dicts, ready for a notebook code cell.
+    ``background_output`` is output that arrived while the block ran or before it but is not its
+    own (a thread of an earlier block), or "".
     """
 
     index: int
@@ -225,6 +296,7 @@ class Step:
     duration_s: float
     new_files: list[str]
     restarted: bool = False
+    background_output: str = ""
 
     def __post_init__(self) -> None:
         _check_choice(self.status, StepStatus, "step status")
@@ -236,7 +308,13 @@ class Step:
     def from_dict(cls, data: Mapping[str, Any], where: str = "step") -> Step:
         _require(data, _STEP_REQUIRED, where)
         fields = {key: data[key] for key in _STEP_REQUIRED}
-        return _build(cls, where, **fields, restarted=data.get("restarted", False))
+        return _build(
+            cls,
+            where,
+            **fields,
+            restarted=data.get("restarted", False),
+            background_output=data.get("background_output", ""),
+        )
 
 
 @dataclass
@@ -377,10 +455,32 @@ class Trace:
         )
 
     def to_json(self) -> str:
-        """One line of strict JSON (no NaN or Infinity), so any JSON reader can load it."""
-        return json.dumps(
-            self.to_dict(), ensure_ascii=False, allow_nan=False, separators=(",", ":")
-        )
+        """One line of strict JSON (no NaN or Infinity), so any JSON reader can load it.
+
+        The line is bounded: a step whose JSON is over ``STEP_BYTES`` has its outputs cut
+        (rich data to its text, long texts to head and tail, with a marker output), and the
+        largest steps are cut further while the line is over ``LINE_BYTES``. The trace itself
+        is not changed; code, output_text and segments are kept whole.
+        """
+        data = self.to_dict()
+        steps = data["steps"]
+        sizes = [len(_dumps(step)) for step in steps]
+        for i, size in enumerate(sizes):
+            if size > STEP_BYTES:
+                steps[i] = _cut_outputs(steps[i], size, STEP_BYTES)
+                sizes[i] = len(_dumps(steps[i]))
+        room = LINE_BYTES - len(_dumps({**data, "steps": []}))
+        while sizes and sum(sizes) > room:
+            i = max(range(len(sizes)), key=sizes.__getitem__)
+            target = max(room // len(sizes), 0)
+            if sizes[i] <= target:
+                break  # what is left is not outputs: nothing more to cut
+            cut = _cut_outputs(steps[i], sizes[i], target)
+            new_size = len(_dumps(cut))
+            if new_size >= sizes[i]:
+                break
+            steps[i], sizes[i] = cut, new_size
+        return _dumps(data)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Trace:

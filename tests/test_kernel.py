@@ -13,6 +13,7 @@ import pytest
 from traitlets import TraitError
 
 from kernel_bridge import BlockingKernel, Kernel, KernelError
+from kernel_bridge.execution.result import BACKGROUND_NOTE
 from kernel_bridge.kernel import RESTARTED_NOTE, scrub_environment
 from kernel_bridge.outputs import HeadTail
 
@@ -307,3 +308,41 @@ def test_kernel_settings_must_be_finite_and_in_range(setting):
 def test_zero_grace_is_allowed():
     kernel = Kernel(interrupt_grace=0, iopub_grace=0)
     assert (kernel.interrupt_grace, kernel.iopub_grace) == (0.0, 0.0)
+
+
+THREAD = (
+    "import threading\n"
+    "go, done = threading.Event(), threading.Event()\n"
+    "def chatter():\n"
+    "    go.wait(20)\n"
+    "    print({text})\n"
+    "    done.set()\n"
+    "threading.Thread(target=chatter, daemon=True).start()\n"
+    "print('started')"
+)
+
+
+async def test_an_earlier_blocks_thread_printing_is_background_output(kernel):
+    # Its prints used to become the output of whatever block ran next.
+    started = await kernel.execute(THREAD.format(text="'from the thread'"))
+    assert started.stdout == "started\n"
+    result = await kernel.execute("go.set(); done.wait(20); print('mine')")
+    assert result.status == "ok"
+    assert result.stdout == "mine\n"
+    assert [o.get("text") for o in result.outputs] == ["mine\n"]
+    assert "from the thread" in result.background_output
+    assert BACKGROUND_NOTE in result.output_text
+    assert result.output_text.startswith("mine\n")
+
+
+async def test_output_after_a_block_ended_goes_to_the_next_result_as_background(kernel):
+    await kernel.execute(THREAD.format(text="'late ' * 100_000"))  # 600 kB, printed later
+    released = await kernel.execute("go.set()")  # the thread prints once this block is over
+    assert released.status == "ok"
+    result = await kernel.execute("done.wait(20); print('next')")
+    assert result.stdout == "next\n"
+    background = released.background_output + result.background_output
+    assert "late late" in background
+    assert "characters omitted" in background  # bounded, and says so
+    assert len(result.background_output) < kernel.output_limits.background_cap + 100
+    assert len(result.output_text) < kernel.output_cap + 200

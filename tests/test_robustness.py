@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
+import tracemalloc
+from pathlib import Path
+
+import jsonschema
 import pytest
 
+from kernel_bridge import Kernel
+from kernel_bridge.execution.shell import ShellExecutor
+from kernel_bridge.trace import LINE_BYTES, STEP_BYTES, Step, Trace
 from kernel_bridge.training.config import ConfigError, config_from_dict
+
+SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "trace.schema.json").read_text())
 
 
 @pytest.mark.parametrize(
@@ -21,3 +32,128 @@ def test_training_config_numbers_must_be_finite(data, message):
     # TOML writes nan and inf; NaN slipped through every `<` and `<=` check of validate().
     with pytest.raises(ConfigError, match=message):
         config_from_dict(data, where="run.toml")
+
+
+# -- issue 16, item 1: rich output has an upper bound ---------------------------------------------
+
+FLOOD = (
+    "from IPython.display import HTML, display\n"
+    "for i in range({n}):\n"
+    "    display(HTML(str(i) + 'x' * {size}))\n"
+    "print('end')\n"
+)
+
+
+def _omitted_outputs(result) -> int:
+    match = re.search(r"\[… ([\d,]+) outputs omitted", result.output_text)
+    assert match, f"no omission marker in {result.output_text[-300:]!r}"
+    return int(match.group(1).replace(",", ""))
+
+
+async def test_a_flood_of_displays_keeps_the_limits_and_counts_every_omitted_one(kernel):
+    # Used to keep all 20,000 (a 766 MB trace line for 100 KB ones), or drop some with no marker.
+    result = await kernel.execute(FLOOD.format(n=3000, size=10), timeout=60)
+    assert result.status == "ok"
+    marker = result.outputs[-1]
+    assert "outputs omitted" in marker.data["text/plain"]
+    kept = len(result.outputs) - 1
+    assert kept == kernel.max_outputs
+    assert kept + _omitted_outputs(result) == 3000 + 1  # every display, and the print after them
+    assert len(result.output_text) < kernel.output_cap + 300
+
+
+async def test_display_bytes_past_the_limit_are_cut_to_their_text(kernel):
+    result = await kernel.execute(FLOOD.format(n=100, size=100_000), timeout=60)  # 10 MB of HTML
+    assert result.status == "ok"
+    size = len(json.dumps([dict(o) for o in result.outputs]))
+    assert size < kernel.max_output_bytes + 100_000
+    assert "over the block's limit" in json.dumps(result.outputs[-3].data)
+    assert result.stdout == "end\n"
+
+
+async def test_a_flood_that_bypasses_the_kernel_side_guard_is_bounded_here():
+    # The guard in the kernel is not a security boundary; the client's own limits must hold
+    # whatever arrives, in count, in size, and in the memory this process holds.
+    async with Kernel(output_guard=False, max_outputs=50, max_output_bytes=1 << 20) as k:
+        tracemalloc.start()
+        try:
+            result = await k.execute(FLOOD.format(n=1500, size=50_000), timeout=120)  # 75 MB
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert result.status == "ok"
+    assert len(result.outputs) == 51
+    assert _omitted_outputs(result) > 1000
+    assert len(json.dumps(result.to_dict())) < (1 << 20) + 100_000
+    assert peak < 48 << 20, f"the client held {peak >> 20} MiB for 75 MB of displays"
+
+
+async def test_a_huge_exception_message_is_cut_and_not_stored_four_times(kernel):
+    # A 20 MB message used to be kept four times over (evalue and traceback, in the outputs
+    # and in the result): 80 MB for one step.
+    result = await kernel.execute("raise ValueError('E' * 20_000_000)")
+    assert result.status == "error"
+    assert result.error_name == "ValueError"
+    assert "characters omitted" in result.error_value
+    assert len(result.error_value) < 11_000
+    assert len(json.dumps(result.to_dict())) < 200_000
+    assert "characters omitted" in result.output_text
+
+
+def _step(index: int, outputs: list[dict]) -> Step:
+    return Step(
+        index=index,
+        code="display(big)",
+        status="ok",
+        output_text="[text/html output]",
+        outputs=outputs,
+        execution_count=index + 1,
+        started=0.0,
+        duration_s=0.1,
+        new_files=[],
+    )
+
+
+def test_a_saved_trace_line_is_bounded_per_step_and_per_run():
+    html = {"output_type": "display_data", "data": {"text/html": "x" * 3_000_000}, "metadata": {}}
+    text = {"output_type": "stream", "name": "stdout", "text": "y" * 3_000_000}
+    steps = [_step(i, [html, text] * 5) for i in range(8)]  # 30 MB a step, 240 MB in all
+    trace = Trace(
+        model="m", sampler={"name": "s"}, messages=[], steps=steps, finish_reason="answer"
+    )
+    line = trace.to_json()
+    assert len(line) <= LINE_BYTES
+    saved = Trace.from_json(line)
+    for step in saved.steps:
+        assert len(json.dumps(step.to_dict())) <= STEP_BYTES
+        assert "outputs cut in the saved trace" in step.outputs[-1]["data"]["text/plain"]
+        assert step.output_text == "[text/html output]"
+    assert len(trace.steps[0].outputs[0]["data"]["text/html"]) == 3_000_000  # not changed
+    jsonschema.validate(json.loads(line), SCHEMA)
+
+
+# -- issue 16, item 8: background output belongs to no block --------------------------------------
+
+
+def test_shared_mode_keeps_an_earlier_threads_prints_out_of_the_block():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    executor = ShellExecutor(shell=shell, echo=False)
+    started = executor.run(
+        "import threading\n"
+        "go, done = threading.Event(), threading.Event()\n"
+        "def chatter():\n"
+        "    go.wait(10)\n"
+        "    print('from the thread ' * 5000)\n"
+        "    done.set()\n"
+        "threading.Thread(target=chatter, daemon=True).start()\n"
+        "print('started')"
+    )
+    assert started.stdout == "started\n"
+    result = executor.run("go.set(); done.wait(10); print('mine')")
+    assert result.status == "ok"
+    assert result.stdout == "mine\n"
+    assert "from the thread" in result.background_output
+    assert len(result.background_output) < executor.output_limits.background_cap + 100
+    assert "not from this block" in result.output_text

@@ -8,8 +8,10 @@ output collection are the same code for both.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -21,7 +23,7 @@ from typing import Any
 from nbformat import NotebookNode
 from traitlets import Bool, Dict, Int, List, Unicode
 
-from kernel_bridge.execution.outputs import OutputCollector
+from kernel_bridge.execution.outputs import OUTPUT_TYPES, BackgroundOutput, OutputCollector
 from kernel_bridge.execution.result import (
     ExecutionResult,
     KernelError,
@@ -39,6 +41,16 @@ from kernel_bridge.execution.transport import (
 )
 
 RESTARTED_NOTE = "[the kernel was restarted; variables are lost]"
+# The kernel-side guard's report, asked for in every execute request once the guard is in place.
+GUARD_REPORT = {"kernel_bridge": "__import__('_kernel_bridge_guard').report()"}
+# What a Jupyter server sends in place of output it drops (its IOPub rate limits).
+SERVER_DROP_NOTICES = ("IOPub data rate exceeded", "IOPub message rate exceeded")
+
+
+@functools.cache
+def guard_source() -> str:
+    """The kernel-side output guard, as code to send (``_kernel_guard.py``)."""
+    return (Path(__file__).parent / "_kernel_guard.py").read_text(encoding="utf-8")
 
 
 class Kernel(BlockSettings):
@@ -127,6 +139,13 @@ class Kernel(BlockSettings):
         help="Code run silently after every start and restart (tools, imports); if it fails, "
         "start() fails with its error.",
     ).tag(config=True)
+    output_guard = Bool(
+        True,
+        help="Install the output guard in the kernel after every start and restart: it bounds "
+        "what a block sends (as the output limits do here), counts it, so lost output is "
+        "reported, and tells background threads' output apart. Off, or in a kernel that is not "
+        "ipykernel, the limits still hold here.",
+    ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -134,6 +153,8 @@ class Kernel(BlockSettings):
         self._lock = asyncio.Lock()
         self._tmpdirs: list[str] = []
         self.workspace_path: Path | None = None
+        self._guarded = False
+        self._background = BackgroundOutput(self.output_limits.background_cap)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -173,11 +194,33 @@ class Kernel(BlockSettings):
             raise
         self._transport = transport
         try:
-            await self._run_setup(self.setup_code)
+            await self._after_start()
         except BaseException:
             await self.shutdown()
             raise
         return self
+
+    async def _after_start(self) -> None:
+        """What every start and restart is followed by: the output guard, then the setup code."""
+        self._guarded = False
+        if self.output_guard:
+            limits = self.output_limits.to_dict()
+            code = (
+                f"exec({guard_source()!r}, "
+                f"{{'__name__': '_kernel_bridge_guard_install', 'LIMITS': {limits!r}}})"
+            )
+            run = self._new_run(OutputCollector(self.output_limits))
+            await run.send(code, silent=True)
+            status = await self._collect(run, time.monotonic() + self.startup_timeout)
+            self._guarded = status == "ok"
+            if not self._guarded:
+                self.log.warning(
+                    "kernel-bridge: the output guard could not be installed in the kernel "
+                    "(%s); output is still bounded here, but lost output is detected only "
+                    "when a server says so",
+                    run.result(status, time.time(), 0.0).output_text[:300],
+                )
+        await self._run_setup(self.setup_code)
 
     async def add_setup_code(self, code: str) -> None:
         """Run ``code`` now (if started) and after every restart; a failure raises KernelError.
@@ -195,9 +238,8 @@ class Kernel(BlockSettings):
         await self.add_setup_code(setup.install_code())
 
     async def _run_setup(self, codes: Iterable[str]) -> None:
-        transport = self._require()
         for code in codes:
-            run = _Run(transport, OutputCollector(self.output_cap, self.store_cap))
+            run = self._new_run(OutputCollector(self.output_limits))
             await run.send(code, silent=True)
             status = await self._collect(run, time.monotonic() + self.startup_timeout)
             if status != "ok":
@@ -256,8 +298,11 @@ class Kernel(BlockSettings):
             return False
 
     async def restart(self) -> None:
-        """Restart the kernel process; all variables are lost."""
-        await self._require().restart()
+        """Restart the kernel process; all variables are lost. The output guard and the setup
+        code run again."""
+        async with self._lock:
+            await self._require().restart()
+            await self._after_start()
 
     async def interrupt(self) -> None:
         await self._require().interrupt()
@@ -289,11 +334,11 @@ class Kernel(BlockSettings):
         text, problem = check_code(code)
         if problem is not None:
             return ExecutionResult.refused(problem, started)
-        transport = self._require()
+        self._require()
         timeout = self.timeout if timeout is None else timeout
         async with self._lock:
             before = self._snapshot_files()
-            run = _Run(transport, OutputCollector(self.output_cap, self.store_cap, on_output))
+            run = self._new_run(OutputCollector(self.output_limits, on_output))
             t0 = time.monotonic()
             try:
                 await run.send(text)
@@ -304,18 +349,21 @@ class Kernel(BlockSettings):
                     await asyncio.shield(self._stop(run))
                 raise
             duration = time.monotonic() - t0
-            result = run.result(status, started, duration, timeout)
+            result = run.result(status, started, duration, timeout, self._background.take())
             if run.restarted:
                 result.add_note(RESTARTED_NOTE)
-                if self.setup_code:
-                    try:
-                        await self._run_setup(self.setup_code)
-                        note = "[the setup code (tools) ran again]"
-                    except KernelError as e:
-                        note = f"[{e}]"
+                try:
+                    await self._after_start()
+                    note = "[the setup code (tools) ran again]" if self.setup_code else ""
+                except KernelError as e:
+                    note = f"[{e}]"
+                if note:
                     result.add_note(note)
             result.new_files = self._new_files(before)
             return result
+
+    def _new_run(self, collector: OutputCollector) -> _Run:
+        return _Run(self._require(), collector, self._background, guarded=self._guarded)
 
     async def _collect(self, run: _Run, deadline: float) -> Status:
         """Read messages until reply and idle; interrupt, restart or report death as needed."""
@@ -369,36 +417,66 @@ class Kernel(BlockSettings):
 
 
 class _Run:
-    """One execute request in flight: its messages, its reply, its outputs."""
+    """One execute request in flight: its messages, its reply, its outputs.
 
-    def __init__(self, transport: Transport, collector: OutputCollector) -> None:
+    Output messages of other requests (a thread of an earlier block, output after a block ended)
+    go to ``background``. Output that did not arrive is noticed three ways: the kernel-side
+    guard's count of what it sent (``guarded``), a server's notice that it dropped output, and a
+    reply whose idle status never came.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        collector: OutputCollector,
+        background: BackgroundOutput,
+        *,
+        guarded: bool = False,
+    ) -> None:
         self.transport = transport
         self.collector = collector
+        self.background = background
+        self.guarded = guarded
         self.msg_id = ""
         self.reply: dict[str, Any] | None = None
         self.idle = False
         self.restarted = False
+        self.received = 0  # output messages of this request that arrived
+        self.silent_end = 0.0  # the reply came but iopub went silent for this many seconds
+        self.server_notice: str | None = None  # a server said it dropped this block's output
 
     @property
     def failed(self) -> bool:
         return self.reply is not None and self.reply["content"].get("status") != "ok"
 
     async def send(self, code: str, silent: bool = False) -> None:
-        # Drop what earlier executions left on the channels.
+        # What arrived since the last request belongs to no block: background output.
         with contextlib.suppress(asyncio.TimeoutError):
             while True:
-                await self.transport.next_message(0)
-        self.msg_id = await self.transport.send_execute(code, silent=silent)
+                _channel, msg = await self.transport.next_message(0)
+                self._other(msg)
+        self.msg_id = await self.transport.send_execute(
+            code, silent=silent, user_expressions=GUARD_REPORT if self.guarded else None
+        )
+
+    def _other(self, msg: dict[str, Any]) -> None:
+        """A message of no request of ours, or of an earlier one."""
+        if msg["header"]["msg_type"] in OUTPUT_TYPES and not _server_notice(msg):
+            self.background.handle(msg)
 
     async def wait(self, deadline: float, poll: float, grace: float) -> str:
         """Collect until "done", past the deadline ("timeout"), or until the kernel "died"."""
-        last_activity = time.monotonic()
+        last_ours = last_any = time.monotonic()
         while not (self.reply is not None and self.idle):
             now = time.monotonic()
             if self.reply is None and now >= deadline:
                 return "timeout"
-            if self.reply is not None and now - last_activity > grace:
-                break  # iopub lost its final messages (e.g. dropped at the high-water mark)
+            # The reply came but not the idle status: iopub lost this block's last messages (e.g.
+            # at the high-water mark) once nothing of ours came for `grace` seconds (10 × while
+            # other output, such as a background thread's, is still being read).
+            if self.reply is not None and (now - last_any > grace or now - last_ours > 10 * grace):
+                self.silent_end = now - last_ours
+                break
             wait = poll if self.reply is not None else min(poll, deadline - now)
             try:
                 channel, msg = await self.transport.next_message(max(wait, 0.001))
@@ -406,29 +484,77 @@ class _Run:
                 if not await self.transport.is_alive():
                     return "died"
                 continue
+            last_any = time.monotonic()
             msg_type = msg["header"]["msg_type"]
             state = msg["content"].get("execution_state") if msg_type == "status" else None
             if state in ("dead", "restarting"):  # a server restarted the kernel under us
                 return "died"
             if msg.get("parent_header", {}).get("msg_id") != self.msg_id:
+                self._other(msg)
                 continue
-            last_activity = time.monotonic()
+            last_ours = last_any
             if channel == "shell":
                 if msg_type == "execute_reply":
                     self.reply = msg
             elif msg_type == "status":
                 self.idle = self.idle or state == "idle"
+            elif (notice := _server_notice(msg)) is not None:
+                self.server_notice = notice
             else:
+                if msg_type in OUTPUT_TYPES:
+                    self.received += 1
                 self.collector.handle(msg)
         return "done"
+
+    def lost(self) -> str | None:
+        """What output of this block did not arrive, in words; None when all of it did."""
+        problems = []
+        sent = self._guard_report().get("sent")
+        if isinstance(sent, int) and sent > self.received:
+            problems.append(f"{sent - self.received:,} of the {sent:,} outputs this block sent")
+        elif self.silent_end:
+            problems.append(
+                "the end of this block's output (its channel went silent "
+                f"{self.silent_end:.1f} s after the reply)"
+            )
+        if self.server_notice is not None:
+            cause = (
+                f"the Jupyter server dropped them ({self.server_notice}); raise its "
+                "ZMQChannelsWebsocketConnection.iopub_data_rate_limit and iopub_msg_rate_limit "
+                "(0: no limit), or print less"
+            )
+            return f"{problems[0] if problems else 'output of this block'} did not arrive: {cause}"
+        if problems:
+            return f"{problems[0]} did not arrive on the kernel's output channel"
+        return None
+
+    def _guard_report(self) -> dict[str, Any]:
+        if not self.guarded or self.reply is None:
+            return {}
+        expression = self.reply["content"].get("user_expressions", {}).get("kernel_bridge", {})
+        if expression.get("status") != "ok":
+            return {}
+        try:
+            report = ast.literal_eval(expression.get("data", {}).get("text/plain", ""))
+        except (ValueError, SyntaxError):
+            return {}
+        return report if isinstance(report, dict) else {}
 
     async def restart(self) -> None:
         await self.transport.restart()
         self.restarted = True
 
     def result(
-        self, status: Status, started: float, duration: float, timeout: float | None = None
+        self,
+        status: Status,
+        started: float,
+        duration: float,
+        timeout: float | None = None,
+        background: str = "",
     ) -> ExecutionResult:
+        skipped = self._guard_report().get("background_omitted")
+        if isinstance(skipped, int) and skipped > 0:
+            self.background.skip(skipped)
         return ExecutionResult.from_collector(
             self.collector,
             status,
@@ -437,7 +563,19 @@ class _Run:
             timeout=timeout,
             reply=self.reply["content"] if self.reply else None,
             restarted=self.restarted,
+            lost=self.lost(),
+            background=background,
         )
+
+
+def _server_notice(msg: dict[str, Any]) -> str | None:
+    """The first line of a Jupyter server's notice that it dropped output, if ``msg`` is one."""
+    if msg["header"]["msg_type"] != "stream":
+        return None
+    text = str(msg["content"].get("text", ""))
+    if text.startswith(SERVER_DROP_NOTICES):
+        return text.split("\n", 1)[0].strip()
+    return None
 
 
 __all__ = ["RESTARTED_NOTE", "Kernel"]

@@ -108,18 +108,23 @@ class RemoteTransport:
             await self._queue.put((msg.get("channel", "iopub"), msg))
 
     async def _wait_ready(self) -> None:
+        """Ask for kernel info until both channels answer: the reply on shell, and its status
+        on iopub. After a restart the server's iopub subscription to the new kernel takes a
+        moment; output sent before it is in place is lost, so the first block waits for it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.startup_timeout
         while loop.time() < deadline:
             msg_id = await self._send("kernel_info_request", {})
+            answered: set[str] = set()
             try:
-                while True:
+                while answered != {"shell", "iopub"}:
                     channel, msg = await self.next_message(min(1.0, deadline - loop.time()))
-                    if channel == "shell" and msg.get("parent_header", {}).get("msg_id") == msg_id:
-                        self._died = False
-                        return
+                    if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                        answered.add("shell" if channel == "shell" else "iopub")
             except TimeoutError:
                 continue
+            self._died = False
+            return
         raise KernelError(f"the remote kernel did not answer within {self.startup_timeout} s")
 
     async def _send(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> str:

@@ -15,9 +15,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from nbformat import NotebookNode
 
 from kernel_bridge.errors import UserError
-from kernel_bridge.execution.outputs import OutputCollector
+from kernel_bridge.execution.outputs import OutputCollector, omitted_output, shorten
 
 Status = Literal["ok", "error", "timeout", "died"]
+BACKGROUND_NOTE = (
+    "[background output, not from this block (a thread of an earlier block, "
+    "or output after a block ended):]"
+)
 OnOutput = Callable[[NotebookNode], None]
 
 
@@ -31,6 +35,10 @@ class ExecutionResult:
 
     ``outputs`` are nbformat v4 outputs ready for a notebook cell; ``output_text`` is what the model
     reads (streams in order, last value, short ANSI-free traceback, capped head and tail).
+    ``background_output`` is text that arrived while this block ran or before it but is not its
+    own (a thread of an earlier block printing); ``output_text`` ends with a labelled excerpt.
+    Output lost on the way (dropped by a server's rate limit, or a channel that went silent) makes
+    the status ``error`` with ``error_name`` ``OutputLost``, never ``ok``.
     """
 
     status: Status
@@ -46,6 +54,7 @@ class ExecutionResult:
     duration_s: float = 0.0
     new_files: list[str] = field(default_factory=list)
     restarted: bool = False
+    background_output: str = ""
 
     @property
     def ok(self) -> bool:
@@ -67,29 +76,44 @@ class ExecutionResult:
         timeout: float | None = None,
         reply: dict[str, Any] | None = None,
         restarted: bool = False,
+        lost: str | None = None,
+        background: str = "",
     ) -> ExecutionResult:
         """The result of a block whose outputs ``collector`` gathered.
 
         ``reply`` is a kernel's ``execute_reply`` content: the error when no error output came,
         and the execution count. A timed-out block gets a note naming ``timeout``; a block whose
-        kernel died gets a ``KernelDied`` error and a note.
+        kernel died gets a ``KernelDied`` error and a note. ``lost`` says what output did not
+        arrive: an ``ok`` block becomes an ``OutputLost`` error. ``background`` is output that is
+        not this block's (see ``BackgroundOutput``).
         """
         content = reply or {}
         ename = evalue = None
         tb: list[str] = []
+        limits = collector.limits
         if collector.error is not None:
             ename, evalue, tb = collector.error
         elif status == "error":  # an error reply without an iopub error message
-            ename, evalue = content.get("ename"), content.get("evalue")
+            ename = shorten(str(content.get("ename", "")), 200)
+            evalue = shorten(str(content.get("evalue", "")), limits.error_cap)
         if status == "died" and ename is None:
             ename, evalue = "KernelDied", "the kernel process died while running this block"
+        if lost is not None and status == "ok":
+            status, ename, evalue = "error", "OutputLost", lost
         output_text = str(collector.text)
+        for note in collector.notes():
+            output_text = append_note(output_text, note)
         if status == "died":
             output_text = append_note(output_text, f"{ename}: {evalue}")
+        if lost is not None:
+            output_text = append_note(output_text, f"[OutputLost: {lost}]")
+        outputs = collector.outputs
+        if lost is not None:
+            outputs.append(omitted_output(f"[OutputLost: {lost}]"))
         result = cls(
             status=status,
             output_text=output_text.rstrip("\n"),
-            outputs=collector.outputs,
+            outputs=outputs,
             stdout=str(collector.stdout),
             stderr=str(collector.stderr),
             error_name=ename,
@@ -99,9 +123,13 @@ class ExecutionResult:
             started=started,
             duration_s=duration,
             restarted=restarted,
+            background_output=background,
         )
         if status == "timeout" and timeout is not None:
             result.add_note(f"[timed out after {timeout:g} s and interrupted]")
+        if background:
+            excerpt = shorten(background.strip("\n"), max(limits.text_cap // 2, 200))
+            result.add_note(f"{BACKGROUND_NOTE}\n{excerpt}")
         return result
 
     @classmethod
@@ -204,6 +232,7 @@ class SetupExecutor(Executor, Protocol):
 
 
 __all__ = [
+    "BACKGROUND_NOTE",
     "ExecutionResult",
     "Executor",
     "Guard",

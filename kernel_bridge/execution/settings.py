@@ -1,6 +1,6 @@
 """Settings every executor of model code shares, and the checks that keep limits meaningful.
 
-``BlockSettings`` (timeout, output caps) is the base of ``Kernel`` and ``ShellExecutor``;
+``BlockSettings`` (timeout, output limits) is the base of ``Kernel`` and ``ShellExecutor``;
 ``check_seconds``, ``check_count`` and the ``Seconds`` traitlet refuse values that would silently
 remove a limit (NaN, infinity, a negative count).
 """
@@ -13,6 +13,8 @@ from typing import Any
 
 from traitlets import Float, Int, TraitError
 from traitlets.config import LoggingConfigurable
+
+from kernel_bridge.execution.outputs import OutputLimits
 
 
 def check_seconds(value: Any, what: str, *, allow_zero: bool = False) -> float:
@@ -66,6 +68,28 @@ class BlockSettings(LoggingConfigurable):
         min=0,
         help="Characters kept per stream output in the notebook outputs (head and tail).",
     ).tag(config=True)
+    max_outputs = Int(
+        200,
+        min=1,
+        help="Notebook outputs kept per block (streams, displays, results); the rest are "
+        "counted in a marker output. An error is always kept.",
+    ).tag(config=True)
+    max_output_bytes = Int(
+        4 << 20,
+        min=0,
+        help="Size of the outputs kept per block (display data, stream text, errors, counted "
+        "as characters of JSON text); a display past it is cut to one line of text.",
+    ).tag(config=True)
+
+    @property
+    def output_limits(self) -> OutputLimits:
+        """The limits an ``OutputCollector`` keeps a block's output within."""
+        return OutputLimits(
+            text_cap=self.output_cap,
+            store_cap=self.store_cap,
+            max_outputs=self.max_outputs,
+            max_output_bytes=self.max_output_bytes,
+        )
 
 
 __all__ = ["BlockSettings", "Seconds", "check_count", "check_seconds"]

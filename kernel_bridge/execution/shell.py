@@ -37,7 +37,7 @@ from nbformat import NotebookNode
 from traitlets import Bool
 
 from kernel_bridge.errors import KernelBridgeError
-from kernel_bridge.execution.outputs import OutputCollector
+from kernel_bridge.execution.outputs import BackgroundOutput, OutputCollector, describe_data
 from kernel_bridge.execution.result import (
     ExecutionResult,
     Guard,
@@ -159,7 +159,7 @@ class ShellExecutor(BlockSettings):
         if problem is not None:
             return ExecutionResult.refused(problem, started)
         timeout = self.timeout if timeout is None else timeout
-        collector = OutputCollector(self.output_cap, self.store_cap, on_output)
+        collector = OutputCollector(self.output_limits, on_output)
         watchdog = _Watchdog(timeout, self.interrupt_grace)
         t0 = time.monotonic()
         with contextlib.ExitStack() as stack:
@@ -176,7 +176,9 @@ class ShellExecutor(BlockSettings):
             finally:
                 signal.signal(signal.SIGINT, previous)
         duration = time.monotonic() - t0
-        return ExecutionResult.from_collector(collector, status, started, duration, timeout=timeout)
+        return ExecutionResult.from_collector(
+            collector, status, started, duration, timeout=timeout, background=capture.background
+        )
 
     def _run_block(self, text: str, capture: _Capture, watchdog: _Watchdog) -> Status:
         """Compile and run one block as a cell would: statements, then the last expression shown."""
@@ -363,7 +365,9 @@ class _Capture:
 
     Stream text is handed to the collector in batches (every 0.2 s or 64 KiB, and before any other
     output), as ipykernel batches it, so a print loop costs few outputs. ``clear_output`` from the
-    block is recorded but not shown: in the cell it would wipe the whole run.
+    block is recorded but not shown: in the cell it would wipe the whole run. Threads that were
+    running before the block started (an earlier cell's or block's) are not the block: what they
+    print goes to ``background`` (bounded), and still shows in the cell.
     """
 
     FLUSH_INTERVAL = 0.2
@@ -378,8 +382,20 @@ class _Capture:
         self._pending_name = ""
         self._pending_size = 0
         self._last_flush = time.monotonic()
+        self._background = BackgroundOutput(collector.limits.background_cap)
+        self._earlier_threads: set[int | None] = set()
+
+    @property
+    def background(self) -> str:
+        """What threads of earlier blocks printed while this one ran (head and tail)."""
+        with self._lock:
+            return self._background.take()
+
+    def _from_background(self) -> bool:
+        return threading.get_ident() in self._earlier_threads
 
     def __enter__(self) -> _Capture:
+        self._earlier_threads = {t.ident for t in threading.enumerate()} - {threading.get_ident()}
         self.stdout, self.stderr = sys.stdout, sys.stderr
         pub = self.shell.display_pub
         self._pub = pub
@@ -413,6 +429,9 @@ class _Capture:
         if not text:
             return
         with self._lock:
+            if self._from_background():
+                self._background.add_text(text)
+                return
             if self._pending and name != self._pending_name:
                 self._flush_locked()
             self._pending.append(text)
@@ -447,6 +466,12 @@ class _Capture:
         *args: Any,
         **kwargs: Any,
     ) -> None:
+        if self._from_background():
+            with self._lock:
+                self._background.add_line(describe_data(_json_bundle(data)))
+            if self.echo:
+                self._publish_original(data, metadata, *args, **kwargs)
+            return
         self.flush_streams()
         msg_type = "update_display_data" if kwargs.get("update") else "display_data"
         content = {
