@@ -5,7 +5,12 @@
  * 1,000-step trace stays as fast as a short one.
  */
 import * as React from 'react';
-import { useVirtualizer } from '@tanstack/react-virtual';
+import {
+  measureElement,
+  observeElementRect,
+  useVirtualizer,
+  Virtualizer
+} from '@tanstack/react-virtual';
 
 import { formatDuration, stepCounts } from './reducer';
 import { IOutputJSON, IStepItem, ITextItem, ITraceView, TraceItem } from './types';
@@ -82,6 +87,39 @@ function estimateRow(row: Row): number {
   return 64 + row.item.code.split('\n').length * 18 + row.item.outputs.length * 24;
 }
 
+/**
+ * The viewport's size, except while it is not laid out: a hidden tab or side panel
+ * (`display: none`) measures 0 x 0, and taking that would leave no rows to draw, hence nothing
+ * to measure again once it is shown (the view would stay collapsed to its header).
+ */
+function observeShownRect(
+  instance: Virtualizer<HTMLDivElement, Element>,
+  cb: (rect: { width: number; height: number }) => void
+): void | (() => void) {
+  return observeElementRect(instance, rect => {
+    if (rect.width > 0 || rect.height > 0) {
+      cb(rect);
+    }
+  });
+}
+
+/** A row's height; a row measures 0 px only while hidden (it has padding), so keep its last. */
+function measureShownRow(
+  element: Element,
+  entry: ResizeObserverEntry | undefined,
+  instance: Virtualizer<HTMLDivElement, Element>
+): number {
+  const size = measureElement(element, entry, instance);
+  if (size > 0) {
+    return size;
+  }
+  const index = instance.indexFromElement(element);
+  return (
+    instance.itemSizeCache.get(instance.options.getItemKey(index)) ??
+    instance.options.estimateSize(index)
+  );
+}
+
 export function TraceView(props: ITraceViewProps): JSX.Element {
   const { view, services, showThinking, follow = false, initialHeight = 600, maxHeight } = props;
   const scrollRef = React.useRef<HTMLDivElement>(null);
@@ -98,7 +136,9 @@ export function TraceView(props: ITraceViewProps): JSX.Element {
       return row.kind === 'answer' ? 'answer' : row.position;
     },
     overscan: 4,
-    initialRect: { width: 320, height: initialHeight }
+    initialRect: { width: 320, height: initialHeight },
+    observeElementRect: observeShownRect,
+    measureElement: measureShownRow
   });
 
   // While streaming, stay at the bottom unless the user scrolled away from it.

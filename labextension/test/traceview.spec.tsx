@@ -1,6 +1,6 @@
 import { act, fireEvent, render, screen } from '@testing-library/react';
 import * as React from 'react';
-import { describe, expect, it, vi } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import { applyEvents, fromTrace, openTrace } from '../src/reducer';
 import { IRenderServices, TraceView } from '../src/traceview';
@@ -99,6 +99,103 @@ describe('TraceView', () => {
     const after = container.querySelector('.kb-Step');
     expect(after).toBe(before); // same DOM node: no remount, no jump
     expect(after?.getAttribute('data-status')).toBe('ok');
+  });
+});
+
+/**
+ * A browser's layout for one test: a ResizeObserver the test fires, and sizes that are 0 while
+ * `hidden` (as under a `display: none` tab); the renderer's viewport is as tall as its style says.
+ */
+function fakeLayout() {
+  const observers: { cb: ResizeObserverCallback; targets: Set<Element> }[] = [];
+  const layout = { hidden: false };
+  class FakeResizeObserver {
+    private entry: { cb: ResizeObserverCallback; targets: Set<Element> };
+    constructor(cb: ResizeObserverCallback) {
+      this.entry = { cb, targets: new Set() };
+      observers.push(this.entry);
+    }
+    observe(target: Element) {
+      this.entry.targets.add(target);
+    }
+    unobserve(target: Element) {
+      this.entry.targets.delete(target);
+    }
+    disconnect() {
+      this.entry.targets.clear();
+    }
+  }
+  vi.stubGlobal('ResizeObserver', FakeResizeObserver);
+  const height = (el: HTMLElement) => {
+    if (layout.hidden) {
+      return 0;
+    }
+    if (el.classList.contains('kb-Trace-scroll')) {
+      return el.style.height ? parseFloat(el.style.height) : 600;
+    }
+    return el.classList.contains('kb-Trace-row') ? 80 : 0;
+  };
+  const define = (name: string, of: (el: HTMLElement) => number) =>
+    vi.spyOn(HTMLElement.prototype, name as 'clientHeight', 'get').mockImplementation(function (
+      this: HTMLElement
+    ) {
+      return of(this);
+    });
+  define('clientHeight', height);
+  define('offsetHeight', height);
+  define('clientWidth', el =>
+    !layout.hidden && el.classList.contains('kb-Trace-scroll') ? 320 : 0
+  );
+  /** What a browser does on a layout change: tell every observer about its targets' sizes. */
+  const relayout = () =>
+    act(() => {
+      for (const { cb, targets } of observers) {
+        const entries = [...targets].map(target => {
+          const size = height(target as HTMLElement);
+          return {
+            target,
+            borderBoxSize: [{ blockSize: size, inlineSize: layout.hidden ? 0 : 320 }],
+            contentRect: { width: layout.hidden ? 0 : 320, height: size }
+          } as unknown as ResizeObserverEntry;
+        });
+        if (entries.length) {
+          cb(entries, {} as ResizeObserver);
+        }
+      }
+    });
+  return { layout, relayout };
+}
+
+describe('TraceView in a tab that is hidden and shown again', () => {
+  afterEach(() => {
+    vi.unstubAllGlobals();
+    vi.restoreAllMocks();
+  });
+
+  it('keeps its rows and height through a hidden tab (0 px measured)', () => {
+    const { layout, relayout } = fakeLayout();
+    const { container } = render(
+      <TraceView
+        view={fromTrace(longTrace(5))}
+        services={fakeServices()}
+        showThinking={true}
+        initialHeight={560}
+        maxHeight={560}
+      />
+    );
+    relayout();
+    const scroll = container.querySelector('.kb-Trace-scroll') as HTMLElement;
+    const shown = parseFloat(scroll.style.height);
+    expect(shown).toBeGreaterThan(300);
+    expect(container.querySelectorAll('.kb-Step')).toHaveLength(5);
+
+    layout.hidden = true; // another notebook tab is activated
+    relayout();
+    layout.hidden = false; // and this one again
+    relayout();
+    expect(parseFloat(scroll.style.height)).toBe(shown);
+    expect(container.querySelectorAll('.kb-Step')).toHaveLength(5);
+    expect(screen.getByRole('group', { name: 'Answer' })).toBeTruthy();
   });
 });
 
