@@ -45,14 +45,17 @@ const KERNEL_SETTINGS: [keyof ISettings, string][] = [
 let settings: ISettingRegistry.ISettings | null = null;
 let showThinking = true;
 
+/** The sidebar's tab: a speech bubble with a spark, "ask the model", bold enough to find. */
 export const traceIcon = new LabIcon({
   name: 'kernel-bridge:trace',
   svgstr:
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16" height="16">' +
     '<g class="jp-icon3" fill="#616161">' +
-    '<path d="M4 4h7v2H6v12h5v2H4z"/><path d="M20 4h-7v2h5v12h-5v2h7z"/>' +
-    '<circle cx="9" cy="12" r="1.6"/><circle cx="15" cy="12" r="1.6"/>' +
-    '<path d="M9 11.2h6v1.6H9z"/></g></svg>'
+    '<path fill-rule="evenodd" d="M4 2.5h16A2.5 2.5 0 0 1 22.5 5v11a2.5 2.5 0 0 1-2.5 2.5h-7.6' +
+    'L7 22.5v-4H4A2.5 2.5 0 0 1 1.5 16V5A2.5 2.5 0 0 1 4 2.5zm0 2.2a.3.3 0 0 0-.3.3v11' +
+    'c0 .17.13.3.3.3h5.2v2.4l3.1-2.4H20a.3.3 0 0 0 .3-.3V5a.3.3 0 0 0-.3-.3z"/>' +
+    '<path d="M12 5.6l1.35 3.3 3.3 1.35-3.3 1.35L12 14.9l-1.35-3.3-3.3-1.35 3.3-1.35z"/>' +
+    '</g></svg>'
 });
 
 const rendererPlugin: JupyterFrontEndPlugin<void> = {
@@ -160,6 +163,16 @@ const sidebarPlugin: JupyterFrontEndPlugin<void> = {
         settings = loaded;
         showThinking = loaded.composite.showThinking as boolean;
         sidebar.showThinking = showThinking;
+        const maxSteps = loaded.composite.maxSteps as number;
+        const defaultMaxSteps = loaded.default('maxSteps') as number;
+        sidebar.setAskDefaults(
+          {
+            model: loaded.composite.defaultModel as string,
+            isolated: loaded.composite.isolated as boolean,
+            maxSteps: maxSteps === defaultMaxSteps ? null : maxSteps
+          },
+          defaultMaxSteps
+        );
         for (const connection of connections.values()) {
           const kernel = connection.kernel;
           if (kernel) {

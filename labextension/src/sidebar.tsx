@@ -1,10 +1,12 @@
 /**
  * The sidebar's content: the active notebook's live trace and this session's history, with Stop,
- * Insert as cells, Copy answer, Export for training, and a 👍/👎 with a note saved in the trace's
- * labels. What the buttons do comes in as `ISidebarActions` (sidebarwidget.tsx implements them).
+ * Insert as cells, Copy answer, Export for training, a 👍/👎 with a note saved in the trace's
+ * labels, and the ask box. What the buttons do comes in as `ISidebarActions` (sidebarwidget.tsx
+ * implements them).
  */
 import * as React from 'react';
 
+import { AskBox, IAskOptions } from './askbox';
 import type { NotebookConnection } from './connection';
 import { KernelActionError } from './kernelactions';
 import { withLabels } from './reducer';
@@ -18,6 +20,8 @@ export interface ISidebarActions {
   copyAnswer(view: ITraceView): void;
   exportTraces(views: ITraceView[]): void;
   saveLabels(view: ITraceView, labels: ILabels): Promise<ILabels>;
+  /** Insert a `%%reason` cell with this question below the active cell and run it. */
+  ask(question: string, options: IAskOptions): Promise<string>;
 }
 
 export interface ISidebarProps {
@@ -25,6 +29,17 @@ export interface ISidebarProps {
   services: IRenderServices;
   showThinking: boolean;
   actions: ISidebarActions;
+  /** The ask box's options before the user changes them (the settings). */
+  askDefaults: IAskOptions;
+  /** `--max-steps` when the cell leaves it out. */
+  defaultMaxSteps: number | null;
+}
+
+/** The sidebar's last message, with the notebook and the runs (count, live one) it is about. */
+interface ISaid {
+  text: string;
+  connection: NotebookConnection | null;
+  runs: string;
 }
 
 /** One line per trace in JSONL, the format the trainer and `TraceStore` read. */
@@ -36,10 +51,10 @@ export function tracesToJSONL(views: ITraceView[]): string {
 }
 
 export function Sidebar(props: ISidebarProps): JSX.Element {
-  const { connection, services, showThinking, actions } = props;
+  const { connection, services, showThinking, actions, askDefaults, defaultMaxSteps } = props;
   const traces = connection?.traces ?? null;
   const [, setVersion] = React.useState(0);
-  const [message, setMessage] = React.useState('');
+  const [said, setSaid] = React.useState<ISaid | null>(null);
   React.useEffect(() => {
     if (!connection) {
       return;
@@ -50,7 +65,11 @@ export function Sidebar(props: ISidebarProps): JSX.Element {
       connection.changed.disconnect(bump);
     };
   }, [connection]);
-  React.useEffect(() => setMessage(''), [connection]);
+  // A message is about one notebook and the runs as they were when it was said: another
+  // notebook, or a run that starts or ends, makes it stale ("Stop sent" is not about the next run).
+  const runs = `${traces?.traces.length ?? 0}:${traces?.live?.id ?? ''}`;
+  const setMessage = (text: string) => setSaid({ text, connection, runs });
+  const message = said && said.connection === connection && said.runs === runs ? said.text : '';
 
   if (!connection || !traces) {
     return (
@@ -131,27 +150,29 @@ export function Sidebar(props: ISidebarProps): JSX.Element {
               Export for training
             </button>
           </div>
-          {!selected.running && selected.tracePath && (
-            <Feedback
-              key={selected.id}
+          {/* One keyed part per notebook and trace: its note, scroll and open sections start
+              afresh when either changes, and nothing of the one before stays behind. */}
+          <React.Fragment key={`${connection.panel.id}/${selected.id}`}>
+            {!selected.running && selected.tracePath ? (
+              <Feedback
+                view={selected}
+                onSave={labels =>
+                  report(
+                    actions.saveLabels(selected, labels).then(saved => {
+                      traces.update(selected.id, view => withLabels(view, saved));
+                      return 'Feedback saved in the trace';
+                    })
+                  )
+                }
+              />
+            ) : null}
+            <TraceView
               view={selected}
-              onSave={labels =>
-                report(
-                  actions.saveLabels(selected, labels).then(saved => {
-                    traces.update(selected.id, view => withLabels(view, saved));
-                    return 'Feedback saved in the trace';
-                  })
-                )
-              }
+              services={services}
+              showThinking={showThinking}
+              follow={true}
             />
-          )}
-          <TraceView
-            key={selected.id}
-            view={selected}
-            services={services}
-            showThinking={showThinking}
-            follow={true}
-          />
+          </React.Fragment>
         </>
       ) : (
         <p className="kb-Sidebar-hint">
@@ -162,6 +183,15 @@ export function Sidebar(props: ISidebarProps): JSX.Element {
       <div className="kb-Sidebar-message" role="status" aria-live="polite">
         {message}
       </div>
+      <AskBox
+        defaults={askDefaults}
+        defaultMaxSteps={defaultMaxSteps}
+        onAsk={(question, options) => {
+          const asked = actions.ask(question, options);
+          report(asked);
+          return asked.then(() => undefined);
+        }}
+      />
     </div>
   );
 }

@@ -4,10 +4,12 @@
  */
 import { Clipboard } from '@jupyterlab/apputils';
 import { ICodeCellModel } from '@jupyterlab/cells';
-import { NotebookPanel } from '@jupyterlab/notebook';
+import { NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
+import { Kernel } from '@jupyterlab/services';
 import { ReactWidget } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
+import { IAskOptions, reasonSource } from './askbox';
 import { NotebookConnection } from './connection';
 import { saveLabels, traceCells } from './kernelactions';
 import { ISidebarActions, Sidebar, tracesToJSONL } from './sidebar';
@@ -23,7 +25,7 @@ export class TraceSidebar extends ReactWidget {
     super();
     this.id = 'kernel-bridge-sidebar';
     this.addClass('kb-SidebarWidget');
-    this.title.caption = 'kernel-bridge: reasoning traces';
+    this.title.caption = 'Reasoning traces (kernel-bridge): live runs, history, ask a question';
   }
 
   get connection(): NotebookConnection | null {
@@ -42,6 +44,13 @@ export class TraceSidebar extends ReactWidget {
     this.update();
   }
 
+  /** The ask box's options from the settings, and the `--max-steps` the kernel uses without. */
+  setAskDefaults(defaults: IAskOptions, defaultMaxSteps: number | null): void {
+    this._askDefaults = defaults;
+    this._defaultMaxSteps = defaultMaxSteps;
+    this.update();
+  }
+
   render(): JSX.Element {
     return (
       <Sidebar
@@ -49,6 +58,8 @@ export class TraceSidebar extends ReactWidget {
         services={this.services}
         showThinking={this._showThinking}
         actions={this._actions}
+        askDefaults={this._askDefaults}
+        defaultMaxSteps={this._defaultMaxSteps}
       />
     );
   }
@@ -99,10 +110,58 @@ export class TraceSidebar extends ReactWidget {
         setTraceLabels(this._connection.panel, view.id, saved);
       }
       return saved;
+    },
+    ask: async (question, options) => {
+      const connection = this._connection;
+      if (!connection) {
+        throw new Error('open a notebook to ask in');
+      }
+      const at = insertReasonCell(connection.panel, reasonSource(question, options));
+      const kernel = connection.kernel;
+      if (kernel) {
+        loadExtension(kernel); // sent first, so the kernel runs it before the cell
+      }
+      const notebook = connection.panel.content;
+      const cell = notebook.widgets[at];
+      void NotebookActions.runCells(notebook, [cell], connection.sessionContext);
+      void notebook.scrollToItem(at, 'smart');
+      return `Asked in cell ${at + 1}`;
     }
   };
 
   private _connection: NotebookConnection | null = null;
+  private _askDefaults: IAskOptions = { model: '', isolated: false, maxSteps: null };
+  private _defaultMaxSteps: number | null = null;
+}
+
+/** Insert a code cell below the active cell (the first, in an empty notebook); its index. */
+export function insertReasonCell(panel: NotebookPanel, source: string): number {
+  const notebook = panel.content;
+  const model = notebook.model;
+  if (!model) {
+    throw new Error('the notebook is not loaded yet');
+  }
+  const at = model.cells.length === 0 ? 0 : notebook.activeCellIndex + 1;
+  model.sharedModel.insertCell(at, { cell_type: 'code', source });
+  notebook.activeCellIndex = at;
+  notebook.deselectAll();
+  return at;
+}
+
+/**
+ * `%load_ext kernel_bridge`, silently (no output, no history, the count does not move): the cell
+ * the ask box inserts needs `%%reason`. Loading twice does nothing; a kernel without
+ * kernel_bridge fails here quietly, and the cell then says that `%%reason` is unknown.
+ */
+function loadExtension(kernel: Kernel.IKernelConnection): void {
+  const future = kernel.requestExecute({
+    code: '%load_ext kernel_bridge',
+    silent: true,
+    store_history: false,
+    allow_stdin: false,
+    stop_on_error: false
+  });
+  future.done.catch(() => undefined);
 }
 
 /** Insert cells below the cell whose output holds the trace (else below the active cell). */
