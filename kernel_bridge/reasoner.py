@@ -19,9 +19,7 @@ from typing import Any
 from nbformat import NotebookNode
 
 from kernel_bridge import settings
-from kernel_bridge.executors import Executor
-from kernel_bridge.kernel import ExecutionResult, Kernel, check_count, check_seconds
-from kernel_bridge.outputs import OutputCollector
+from kernel_bridge.execution import ExecutionResult, Executor, Kernel, OutputCollector
 from kernel_bridge.parsing import (
     CodeDelta,
     CodeEnd,
@@ -37,6 +35,7 @@ from kernel_bridge.parsing import (
 )
 from kernel_bridge.prompts import default_examples, default_system_prompt
 from kernel_bridge.samplers import Delta, Sampler, SampleRequest
+from kernel_bridge.settings import check_count, check_seconds
 from kernel_bridge.tools import Toolbox
 from kernel_bridge.trace import Segment, Span, Step, Trace, TraceStore, fallback_path
 

@@ -8,13 +8,15 @@ their defaults from here; counts and durations are checked by ``check_count``/``
 from __future__ import annotations
 
 import argparse
+import math
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported when first used, so that the CLI starts fast
-    from kernel_bridge.kernel import Seconds, check_count, check_seconds
+    from kernel_bridge.execution.settings import Seconds
 
 MAX_STEPS = 20  # code blocks one run executes
 MAX_TOKENS = 8192  # tokens the model writes in one run
@@ -37,10 +39,28 @@ def default_trace_path() -> Path:
     return Path(home) / "traces.jsonl"
 
 
+def check_seconds(value: Any, what: str, *, allow_zero: bool = False) -> float:
+    """``value`` as a duration: a finite number of seconds above 0 (or 0 too, with
+    ``allow_zero``). NaN or infinity would silently remove a limit, so they are errors."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "0 or more" if allow_zero else "above 0"
+        raise ValueError(f"{what} must be a finite number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
+def check_count(value: Any, what: str, minimum: int = 1) -> int:
+    """``value`` as a whole number of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what} must be at least {minimum}, got {value!r}")
+    return int(value)
+
+
 def seconds_option(text: str) -> float:
     """An argparse type: a finite number of seconds above 0 (``nan`` and ``inf`` are refused)."""
-    from kernel_bridge.kernel import check_seconds
-
     try:
         return check_seconds(float(text), "seconds")
     except ValueError:
@@ -51,8 +71,6 @@ def seconds_option(text: str) -> float:
 
 def count_option(text: str) -> int:
     """An argparse type: a whole number, at least 1."""
-    from kernel_bridge.kernel import check_count
-
     try:
         return check_count(int(text), "count")
     except ValueError:
@@ -78,10 +96,10 @@ def lab_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Seconds", "check_count", "check_seconds"):
-        import kernel_bridge.kernel
+    if name == "Seconds":  # a traitlet: loads traitlets, which the CLI does not need to start
+        from kernel_bridge.execution.settings import Seconds
 
-        return getattr(kernel_bridge.kernel, name)
+        return Seconds
     raise AttributeError(f"module 'kernel_bridge.settings' has no attribute {name!r}")
 
 

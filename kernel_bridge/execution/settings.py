@@ -1,40 +1,19 @@
 """Settings every executor of model code shares, and the checks that keep limits meaningful.
 
-``BlockSettings`` (timeout, output limits) is the base of ``Kernel`` and ``ShellExecutor``;
-``check_seconds``, ``check_count`` and the ``Seconds`` traitlet refuse values that would silently
-remove a limit (NaN, infinity, a negative count).
+``BlockSettings`` (timeout, output limits) is the base of ``Kernel`` and ``ShellExecutor``; the
+``Seconds`` traitlet refuses values that would silently remove a limit (NaN, infinity), with the
+checks of ``kernel_bridge.settings``.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 from traitlets import Float, Int, TraitError
 from traitlets.config import LoggingConfigurable
 
 from kernel_bridge.execution.outputs import OutputLimits
-
-
-def check_seconds(value: Any, what: str, *, allow_zero: bool = False) -> float:
-    """``value`` as a duration: a finite number of seconds above 0 (or 0 too, with
-    ``allow_zero``). NaN or infinity would silently remove a limit, so they are errors."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{what} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = "0 or more" if allow_zero else "above 0"
-        raise ValueError(f"{what} must be a finite number of seconds {bound}, got {value!r}")
-    return float(value)
-
-
-def check_count(value: Any, what: str, minimum: int = 1) -> int:
-    """``value`` as a whole number of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{what} must be at least {minimum}, got {value!r}")
-    return int(value)
+from kernel_bridge.settings import STEP_TIMEOUT, check_count, check_seconds
 
 
 class Seconds(Float):
@@ -57,7 +36,7 @@ class Seconds(Float):
 class BlockSettings(LoggingConfigurable):
     """What every executor of model code shares: the block timeout and how much output is kept."""
 
-    timeout = Seconds(30.0, help="Seconds a block may run before it is interrupted.").tag(
+    timeout = Seconds(STEP_TIMEOUT, help="Seconds a block may run before it is interrupted.").tag(
         config=True
     )
     output_cap = Int(2000, min=0, help="Characters of output the model reads (head and tail).").tag(
