@@ -346,3 +346,12 @@ async def test_output_after_a_block_ended_goes_to_the_next_result_as_background(
     assert "characters omitted" in background  # bounded, and says so
     assert len(result.background_output) < kernel.output_limits.background_cap + 100
     assert len(result.output_text) < kernel.output_cap + 200
+
+
+async def test_background_output_is_bounded_per_result_not_for_the_kernels_life(kernel):
+    await kernel.execute(THREAD.format(text="'x' * 100_000"))
+    first = await kernel.execute("go.set(); done.wait(20)")
+    assert "characters omitted" in first.background_output
+    await kernel.execute(THREAD.format(text="'a second thread'"))
+    second = await kernel.execute("go.set(); done.wait(20)")
+    assert "a second thread" in second.background_output

@@ -209,6 +209,7 @@ class Guard:
         self._flush()
         with self.lock:
             background, self.background_omitted = self.background_omitted, 0
+            self.background_sent = 0  # the client takes what came so far with this result
             return {"sent": self.sent, "background_omitted": background}
 
     def _flush(self) -> None:

@@ -349,7 +349,7 @@ class Kernel(BlockSettings):
                     await asyncio.shield(self._stop(run))
                 raise
             duration = time.monotonic() - t0
-            result = run.result(status, started, duration, timeout, self._background.take())
+            result = run.result(status, started, duration, timeout, with_background=True)
             if run.restarted:
                 result.add_note(RESTARTED_NOTE)
                 try:
@@ -550,11 +550,14 @@ class _Run:
         started: float,
         duration: float,
         timeout: float | None = None,
-        background: str = "",
+        *,
+        with_background: bool = False,
     ) -> ExecutionResult:
+        """The block's result; ``with_background`` takes the background output so far into it."""
         skipped = self._guard_report().get("background_omitted")
         if isinstance(skipped, int) and skipped > 0:
             self.background.skip(skipped)
+        background = self.background.take() if with_background else ""
         return ExecutionResult.from_collector(
             self.collector,
             status,
