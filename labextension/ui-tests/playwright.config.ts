@@ -15,7 +15,8 @@ const root = process.env.JUPYTERLAB_GALATA_ROOT_DIR;
 
 export default {
   ...baseConfig,
-  timeout: 120_000,
+  // Generous: CI shares its cores with other work; a test waits for states, never sleeps.
+  timeout: 300_000,
   expect: { timeout: 30_000 },
   retries: 0,
   workers: 1,

@@ -3,39 +3,11 @@
  * the scripted sampler, the sidebar live and finished, Stop, Insert as cells, feedback saved in
  * the trace file, Export for training, a kernel restart, and the renderer of a reopened notebook.
  */
-import { expect, IJupyterLabPageFixture, test } from '@jupyterlab/galata';
+import { expect, test } from '@jupyterlab/galata';
 import * as fs from 'fs';
 import * as path from 'path';
 
-const SCRIPTS = path.resolve(__dirname, '../../../tests/scripts');
-const ROOT = process.env.JUPYTERLAB_GALATA_ROOT_DIR as string;
-const SCREENSHOTS = path.resolve(__dirname, '../test-results/screenshots');
-
-function reasonCell(script: string, question: string): string {
-  return `%%reason --model scripted:${path.join(SCRIPTS, script)} --trace traces.jsonl\n${question}`;
-}
-
-async function openSidebar(page: IJupyterLabPageFixture) {
-  await page.evaluate(() => window.jupyterapp.commands.execute('kernel-bridge:open-sidebar'));
-  const sidebar = page.locator('#kernel-bridge-sidebar');
-  await expect(sidebar).toBeVisible();
-  await page.sidebar.setWidth(440, 'right');
-  return sidebar;
-}
-
-async function screenshot(target: { screenshot: (o: { path: string }) => Promise<unknown> }, name: string) {
-  fs.mkdirSync(SCREENSHOTS, { recursive: true });
-  await target.screenshot({ path: path.join(SCREENSHOTS, name) });
-}
-
-function readTraces(tmpPath: string): any[] {
-  const file = path.join(ROOT, tmpPath, 'traces.jsonl');
-  return fs
-    .readFileSync(file, 'utf-8')
-    .split('\n')
-    .filter(line => line.trim())
-    .map(line => JSON.parse(line));
-}
+import { openNotebook, openSidebar, readTraces, reasonCell, ROOT, screenshot, SCRIPTS, SLOW } from './helpers';
 
 // Galata's tracking of kernels and sessions proxies their REST calls, and its proxy cannot pass
 // an interrupt's empty reply or a restart; the server is stopped after the run anyway.
@@ -46,8 +18,7 @@ test.describe('kernel-bridge', () => {
     page,
     tmpPath
   }) => {
-    page.on('console', msg => { if (msg.type() === 'error' || msg.type() === 'warning') console.log('BROWSER', msg.type(), msg.text()); });
-    await page.notebook.createNew('reason.ipynb');
+    await openNotebook(page, tmpPath, 'reason.ipynb');
     const sidebar = await openSidebar(page);
     await expect(sidebar.getByText('No trace yet')).toBeVisible();
 
@@ -58,7 +29,7 @@ test.describe('kernel-bridge', () => {
 
     // The steps, each with its status, code and output, and the answer.
     const steps = sidebar.locator('.kb-Step');
-    await expect(steps).toHaveCount(2);
+    await expect(steps).toHaveCount(2, { timeout: SLOW });
     await expect(steps.nth(0)).toHaveAttribute('data-status', 'ok');
     await expect(steps.nth(1)).toHaveAttribute('data-status', 'ok');
     await expect(steps.nth(0).locator('.kb-Code')).toContainText('primes = [n for n in range(2, 50)');
@@ -133,8 +104,8 @@ test.describe('kernel-bridge', () => {
     await expect(sidebar.locator('.kb-History-item')).toContainText('👍');
   });
 
-  test('Stop interrupts a long run and the trace says so', async ({ page }) => {
-    await page.notebook.createNew('stop.ipynb');
+  test('Stop interrupts a long run and the trace says so', async ({ page, tmpPath }) => {
+    await openNotebook(page, tmpPath, 'stop.ipynb');
     const sidebar = await openSidebar(page);
     await page.notebook.setCell(0, 'code', '%load_ext kernel_bridge');
     await page.notebook.runCell(0, true);
@@ -142,7 +113,7 @@ test.describe('kernel-bridge', () => {
     void page.notebook.runCell(1, { inplace: true, wait: false });
 
     const step = sidebar.locator('.kb-Step').first();
-    await expect(step).toHaveAttribute('data-status', 'running');
+    await expect(step).toHaveAttribute('data-status', 'running', { timeout: SLOW });
     const stop = sidebar.getByRole('button', { name: 'Stop the run' });
     await expect(stop).toBeEnabled();
     await screenshot(sidebar, 'sidebar-running.png');
@@ -156,18 +127,18 @@ test.describe('kernel-bridge', () => {
     expect((await page.notebook.getCellTextOutput(1))?.join('')).toContain('interrupted; trace');
   });
 
-  test('the sidebar follows the active notebook and survives a kernel restart', async ({ page }) => {
-    await page.notebook.createNew('first.ipynb');
+  test('the sidebar follows the active notebook and survives a kernel restart', async ({ page, tmpPath }) => {
+    await openNotebook(page, tmpPath, 'first.ipynb');
     const sidebar = await openSidebar(page);
     await page.notebook.setCell(0, 'code', '%load_ext kernel_bridge\ndata = [1, 2, 3]');
     await page.notebook.runCell(0, true);
     await page.notebook.addCell('code', reasonCell('magic_shared.txt', 'Sum data.'));
     await page.notebook.runCell(1, true);
-    await expect(sidebar.getByRole('group', { name: 'Answer' })).toContainText('The total of data is 6');
+    await expect(sidebar.getByRole('group', { name: 'Answer' })).toContainText('The total of data is 6', { timeout: SLOW });
 
     // Another notebook: the sidebar shows its (empty) state, then comes back to the first.
-    await page.notebook.createNew('second.ipynb');
-    await expect(sidebar.getByText('No trace yet')).toBeVisible();
+    await openNotebook(page, tmpPath, 'second.ipynb');
+    await expect(sidebar.getByText('No trace yet')).toBeVisible({ timeout: SLOW });
     await page.notebook.activate('first.ipynb');
     await expect(sidebar.getByRole('group', { name: 'Answer' })).toContainText('The total of data is 6');
 
@@ -176,8 +147,8 @@ test.describe('kernel-bridge', () => {
       const panel = window.jupyterapp.shell.currentWidget as any;
       await panel.sessionContext.restartKernel();
     });
-    await expect(page.locator('#jp-main-statusbar')).toContainText('Idle');
-    await expect(sidebar.locator('.kb-Sidebar-kernel')).toHaveText('idle');
+    await expect(page.locator('#jp-main-statusbar')).toContainText('Idle', { timeout: SLOW });
+    await expect(sidebar.locator('.kb-Sidebar-kernel')).toHaveText('idle', { timeout: SLOW });
     await page.notebook.runCell(0, true);
     await page.notebook.runCell(1, true);
     await expect(sidebar.locator('.kb-History-item')).toHaveCount(2);
@@ -187,7 +158,7 @@ test.describe('kernel-bridge', () => {
   });
 
   test('a 1,000-step trace renders only the rows in view', async ({ page, tmpPath }) => {
-    await page.notebook.createNew('long.ipynb');
+    await openNotebook(page, tmpPath, 'long.ipynb');
     // A saved trace of 1,000 steps, shown by the renderer (built in the kernel, no model run).
     const script = [
       'from IPython.display import display',
@@ -226,13 +197,13 @@ test.describe('kernel-bridge', () => {
     expect(await rendered.locator('.kb-Step').count()).toBeLessThan(60);
   });
 
-  test('settings: the default model and collapsed thinking apply to the next run', async ({ page }) => {
+  test('settings: the default model and collapsed thinking apply to the next run', async ({ page, tmpPath }) => {
     await page.evaluate(async model => {
       const registry = await window.galata.getPlugin('@jupyterlab/apputils-extension:settings');
       await registry!.set('kernel-bridge:plugin', 'defaultModel', model);
       await registry!.set('kernel-bridge:plugin', 'showThinking', false);
     }, `scripted:${path.join(SCRIPTS, 'primes.txt')}`);
-    await page.notebook.createNew('settings.ipynb');
+    await openNotebook(page, tmpPath, 'settings.ipynb');
     const sidebar = await openSidebar(page);
     await page.notebook.setCell(0, 'code', '%load_ext kernel_bridge');
     await page.notebook.runCell(0, true);
