@@ -52,6 +52,7 @@ const STATUS_TEXT: { [status: string]: string } = {
 
 const FINISH_TEXT: { [reason: string]: string } = {
   answer: 'answered',
+  no_answer: 'no answer',
   max_steps: 'stopped: step limit',
   max_tokens: 'stopped: token limit',
   time_limit: 'stopped: time limit',

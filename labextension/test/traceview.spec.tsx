@@ -51,6 +51,16 @@ describe('TraceView', () => {
     expect(screen.getByRole('status').textContent).toBe('answered');
   });
 
+  it('says that a run ended without an answer', () => {
+    const view = fromTrace({ ...TRACE, answer: null, finish_reason: 'no_answer' });
+    const { container } = render(
+      <TraceView view={view} services={fakeServices()} showThinking={true} />
+    );
+    expect(screen.getByRole('status').textContent).toBe('no answer');
+    expect(container.querySelector('.kb-Badge-no_answer')).toBeTruthy();
+    expect(screen.queryByRole('group', { name: 'Answer' })).toBeNull();
+  });
+
   it('collapses and expands thinking with an accessible toggle', () => {
     const { container } = render(
       <TraceView view={fromTrace(TRACE)} services={fakeServices()} showThinking={false} />
