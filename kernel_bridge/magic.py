@@ -212,6 +212,8 @@ class CellRenderer:
             return
         if trace.answer:
             self._display({"text/markdown": trace.answer, "text/plain": trace.answer}, "answer")
+        elif trace.finish_reason not in ("interrupted", "error"):  # those end the cell in a line
+            self._display({"text/plain": f"no answer · {run_summary(trace)}"}, "outcome")
         if self.cells and trace.segments:
             self._write_cells(trace)
         summary = f"kernel-bridge · {run_summary(trace)} · trace {trace.id} in {self.trace_path}"

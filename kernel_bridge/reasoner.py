@@ -192,13 +192,20 @@ class Reasoner:
 
     async def run(self, question: str | list[dict[str, Any]]) -> Trace:
         """Run to the end and return the trace (also in ``self.trace`` if cancelled)."""
-        async for event in self.stream(question):
+        trace = None
+        async for event in self.stream(question):  # to the end: a cancel is re-raised after
             if isinstance(event, RunFinished):
-                return event.trace
-        raise AssertionError("stream() ended without RunFinished")  # pragma: no cover
+                trace = event.trace
+        assert trace is not None, "stream() ended without RunFinished"
+        return trace
 
     async def stream(self, question: str | list[dict[str, Any]]) -> AsyncIterator[ReasonerEvent]:
-        """Yield every event of one run; the last one is ``RunFinished`` with the saved trace."""
+        """Yield every event of one run; the last one is ``RunFinished`` with the saved trace.
+
+        A cancel (Ctrl-C, the Stop button) still ends the stream as a run ends, so every front
+        end shows the same record: the stopped block's ``StepFinished`` (with what it printed),
+        then ``RunFinished`` of the ``interrupted`` trace; then the cancel is re-raised.
+        """
         run = _Run(self, self.messages_for(question))
         self.trace = run.trace
         self.saved_to = self.save_error = None
@@ -208,6 +215,10 @@ class Reasoner:
                 yield event
         except (asyncio.CancelledError, KeyboardInterrupt):
             run.finish("interrupted")
+            run.save()
+            if run.stopped_step is not None:
+                yield run.stopped_step
+            yield RunFinished(run.trace)
             raise
         except Exception as e:  # the sampler or the kernel failed: keep the trace
             run.finish("error", error=f"{type(e).__name__}: {e}")
@@ -247,6 +258,8 @@ class _Run:
         self.finished = False
         self.sample_time = 0.0
         self.sample_end = "stop"  # why the last sampler call ended: stop, length or time_limit
+        self.stopped_step: StepFinished | None = None  # the block a cancel stopped, recorded
+        self.saved = False
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -405,7 +418,7 @@ class _Run:
         except (asyncio.CancelledError, KeyboardInterrupt):
             # Stopped mid-block (Ctrl-C, the Stop button): keep the step and what it printed.
             result = _stopped_result(shown, started, time.monotonic() - t0)
-            self._add_step(index, code, result)
+            self.stopped_step = StepFinished(*self._add_step(index, code, result))
             raise
         finally:
             if not task.done():
@@ -453,15 +466,20 @@ class _Run:
     # -- ending -------------------------------------------------------------------------------
 
     def finish(self, reason: str, error: str | None = None) -> None:
+        """End the trace. Only a model that ended its turn gave an answer: a turn that ended with
+        nothing after its last block is ``no_answer``; a run cut short (a limit, a stop, an
+        error) keeps no answer, since what it wrote last is unfinished thinking."""
         if self.finished:
             return
         self.finished = True
         self._close_model_segment()
         trace = self.trace
+        answer = "".join(self.answer_parts).strip() or "".join(self.tail_text).strip()
+        if reason == "answer" and not answer:
+            reason = "no_answer"
         trace.finish_reason = reason  # type: ignore[assignment]
         trace.error = error
-        answer = "".join(self.answer_parts).strip() or "".join(self.tail_text).strip()
-        trace.answer = answer or None
+        trace.answer = answer if reason == "answer" and answer else None
         trace.timings = {
             "total_s": time.monotonic() - self.t0,
             "sampling_s": self.sample_time,
@@ -469,12 +487,13 @@ class _Run:
         }
 
     def save(self, checkpoint: bool = False) -> None:
-        """Checkpoint or append the trace. A store that cannot be written (a full disk) never
-        stops the run: checkpoints are skipped, and the finished trace goes to a fallback file
-        (``Reasoner.saved_to`` and ``save_error`` say where, and why)."""
+        """Checkpoint or append the trace (the finished one once). A store that cannot be written
+        (a full disk) never stops the run: checkpoints are skipped, and the finished trace goes
+        to a fallback file (``Reasoner.saved_to`` and ``save_error`` say where, and why)."""
         store = self.r.store
-        if store is None:
+        if store is None or self.saved:
             return
+        self.saved = not checkpoint
         try:
             if checkpoint:
                 store.checkpoint(self.trace)

@@ -37,7 +37,9 @@ LINE_BYTES = 32 << 20
 SpanKind = Literal["think", "answer", "text", "code", "markup"]
 SegmentKind = Literal["model", "tool"]
 StepStatus = Literal["ok", "error", "timeout", "died"]
-FinishReason = Literal["answer", "max_steps", "max_tokens", "time_limit", "interrupted", "error"]
+FinishReason = Literal[
+    "answer", "no_answer", "max_steps", "max_tokens", "time_limit", "interrupted", "error"
+]
 
 # Ids name checkpoint files, so they must be safe file names.
 TRACE_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")

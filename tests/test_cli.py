@@ -125,6 +125,17 @@ def test_run_that_hits_a_limit_exits_nonzero_and_saves_the_trace(tmp_path):
     assert load_traces(tmp_path / "traces.jsonl")[0].finish_reason == "max_steps"
 
 
+def test_a_turn_that_ends_without_an_answer_says_so_and_exits_nonzero(tmp_path):
+    script = tmp_path / "no_answer.txt"
+    script.write_text("<think>\n```python\nimport time\ntime.sleep(60)\n```\n")
+    out = cli("reason", "q", "--model", f"scripted:{script}", "--timeout", "1", home=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "no_answer · 1 block" in out.stdout
+    (trace,) = load_traces(tmp_path / "traces.jsonl")
+    assert (trace.finish_reason, trace.answer) == ("no_answer", None)
+    assert [s.status for s in trace.steps] == ["timeout"]
+
+
 def run_main(capsys, *args: str) -> tuple[int, str]:
     """The command in this process (for checks that end before anything runs)."""
     from kernel_bridge.cli import main
@@ -341,6 +352,8 @@ def test_sigterm_and_sighup_end_the_run_like_ctrl_c_with_the_trace_saved(tmp_pat
     assert trace.finish_reason == "interrupted"
     assert trace.steps[0].output_text == "first"
     assert trace.steps[1].output_text.startswith("[interrupted")  # the block it stopped
+    assert trace.answer is None
+    assert "⟵ error in" in out  # the terminal shows the stopped block end, as the trace does
     assert not list(checkpoints.glob("*.json"))
     assert "interrupted; trace saved to" in out
     leftovers = glob.glob(os.path.join(tempfile.gettempdir(), f"kernel-bridge-{proc.pid}-*"))

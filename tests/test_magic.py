@@ -245,8 +245,12 @@ def test_stop_button_interrupts_the_block_and_saves_the_trace(notebook, trace_fi
     trace = last_trace(trace_file)
     assert trace.finish_reason == "interrupted"
     assert trace.id in errors[0].evalue
-    # the stopped block is in the trace, with what it printed
+    # the stopped block is in the trace, with what it printed; the cell and the comm end it too
     assert "[interrupted: the run was stopped while this block ran]" in trace.steps[-1].output_text
+    labels = [x for x in summary(cell) if not x.startswith(("stdout:", "stderr:"))]
+    assert labels[-3:-1] == ["step:error", "trace"] and trace.answer is None, labels
+    finished = [e for e in notebook.comm_log if e.get("type") == "step_finished"]
+    assert [(e["index"], e["status"]) for e in finished] == [(0, "error")]
     # The kernel is fine and the notebook's variables are intact.
     assert printed(notebook.run("print(keep_me, 1 + 1)")) == "still here 2\n"
 
@@ -270,6 +274,7 @@ def test_stop_button_interrupts_generation(notebook, trace_file):
     trace = last_trace(trace_file)
     assert trace.finish_reason == "interrupted"
     assert 0 < len(trace.text) < len("thinking slowly. ") * 1000
+    assert trace.answer is None  # cut-off thinking is no answer
 
 
 def test_stop_button_interrupts_a_sidecar_block(notebook, trace_file):
@@ -283,6 +288,22 @@ def test_stop_button_interrupts_a_sidecar_block(notebook, trace_file):
     assert time.monotonic() - t0 < 15  # the block sleeps 30 s
     assert summary(cell)[-1].startswith("error:interrupted; trace ")
     assert last_trace(trace_file).finish_reason == "interrupted"
+
+
+def test_a_turn_that_ends_without_an_answer_says_so(notebook, trace_file):
+    cell = notebook.reason(
+        f"--timeout 1 --model {script('magic_no_answer.txt')} --trace {trace_file}", "Sleep."
+    )
+    assert [x for x in summary(cell) if not x.startswith(("stdout:", "stderr:"))] == [
+        "code",
+        "step:timeout",
+        "outcome",
+        "trace",
+    ]
+    trace = last_trace(trace_file)
+    assert (trace.finish_reason, trace.answer) == ("no_answer", None)
+    texts = [o.data["text/plain"] for o in cell.outputs if o.output_type == "display_data"]
+    assert any(t.startswith("no answer · no_answer · 1 block") for t in texts), texts
 
 
 def test_timeout_in_shared_mode_stops_loops_and_sleeps_and_keeps_variables(notebook, trace_file):

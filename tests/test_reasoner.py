@@ -260,6 +260,56 @@ async def test_a_block_stopped_midway_is_recorded_with_what_it_printed(kernel, t
     assert [o["output_type"] for o in cells[1].outputs] == ["stream", "display_data"]
 
 
+async def test_a_stopped_block_still_ends_the_stream_as_a_run_ends(kernel):
+    script = "<think>\n```python\nimport time\nprint('hi', flush=True)\ntime.sleep(30)\n```\n"
+    reasoner = Reasoner(script_sampler(script), kernel)
+    events = []
+
+    async def consume() -> None:
+        async for event in reasoner.stream("q"):
+            events.append(event)
+
+    task = asyncio.create_task(consume())
+    while not any(isinstance(e, StepOutput) for e in events):
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Every front end sees the stopped block end, with what it printed, then the run end.
+    finished, last = events[-2:]
+    assert isinstance(finished, StepFinished) and isinstance(last, RunFinished)
+    assert finished.step.index == 0 and finished.step.output_text.startswith("hi\n")
+    assert last.trace.finish_reason == "interrupted" and len(last.trace.steps) == 1
+    assert last.trace.answer is None
+
+
+async def test_a_turn_that_ends_after_its_last_block_has_no_answer(kernel):
+    script = "<think>\n```python\nimport time\ntime.sleep(60)\n```\n"
+    limits = Limits(step_timeout=1.0)
+    trace = await Reasoner(script_sampler(script), kernel, limits=limits).run("q")
+    assert [s.status for s in trace.steps] == ["timeout"]
+    assert trace.finish_reason == "no_answer"
+    assert trace.answer is None
+
+
+async def test_a_run_cut_short_keeps_no_answer(kernel):
+    # Plain prose (no <think>) is what an answer would be made of; cut off, it is not one.
+    sampler = script_sampler("Let me see. " * 1000, chunk_size=4, delay=0.005)
+    reasoner = Reasoner(sampler, kernel, profile="markdown")
+    task = asyncio.create_task(reasoner.run("q"))
+    while not reasoner.trace or reasoner.trace.usage.model_tokens < 20:
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert reasoner.trace.finish_reason == "interrupted"
+    assert reasoner.trace.answer is None and "Let me see." in reasoner.trace.text
+    cut = await Reasoner(
+        script_sampler("Let me see. " * 100), kernel, limits=Limits(max_tokens=20)
+    ).run("q")
+    assert (cut.finish_reason, cut.answer) == ("max_tokens", None)
+
+
 async def test_sampler_stream_is_closed_at_each_pause(kernel):
     sampler = TurnsSamplerStandIn(
         ["<think>\n```python\n1\n```\nmore text that is dropped", "</think>\n<answer>1</answer>"]

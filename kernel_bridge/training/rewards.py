@@ -115,12 +115,18 @@ def correct(trace: Trace, task: Task | None = None) -> float:
             "the 'correct' reward needs a task with a reference answer; traces loaded without "
             "one can use 'human' or 'format' instead"
         )
-    return 1.0 if answer_matches(trace.answer, task) else 0.0
+    return 1.0 if _given_answer(trace) and answer_matches(trace.answer, task) else 0.0
+
+
+def _given_answer(trace: Trace) -> bool:
+    """The model ended its turn with an answer. Traces written before ``no_answer`` existed may
+    hold cut-off text as the answer of an interrupted or limited run: that is no answer."""
+    return trace.finish_reason == "answer" and bool(trace.answer)
 
 
 def answer_format(trace: Trace, task: Task | None = None) -> float:
     """1 when the run ended with an answer written in the answer section (``<answer>…``)."""
-    if trace.finish_reason != "answer" or not trace.answer:
+    if not _given_answer(trace):
         return 0.0
     for segment in trace.segments:
         if segment.spans is None:  # a trace without spans: look at the text
