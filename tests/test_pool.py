@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import psutil
 import pytest
 
-from kernel_bridge import KernelPool
+from kernel_bridge import Kernel, KernelPool
 
 
 async def test_pool_never_hands_out_a_kernel_that_ran_other_code():
@@ -83,3 +84,40 @@ async def test_pool_kernels_find_no_sibling_connection_file():
             f"import glob\nglob.glob({sibling!r} + '/**/*.json', recursive=True)"
         )
         assert found.output_text == "[]"
+
+
+def test_directories_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from kernel_bridge.execution.transport import remove_stale_dirs
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = tmp_path / f"kernel-bridge-{int(gone.stdout)}-abc"
+    (dead / "runtime").mkdir(parents=True)
+    (dead / "runtime" / "kernel.json").write_text('{"key": "secret"}')
+    live = tmp_path / f"kernel-bridge-{os.getppid()}-def"  # the test runner's parent lives
+    live.mkdir()
+    other = tmp_path / "kernel-bridge-notes"
+    other.mkdir()
+    assert remove_stale_dirs(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+async def test_a_kernel_start_sweeps_what_a_killed_process_left(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    import kernel_bridge.execution.kernel as kernel_module
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = tmp_path / f"kernel-bridge-{int(gone.stdout)}-xyz"
+    dead.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(kernel_module, "_swept", False)
+    async with Kernel(timeout=20) as kernel:
+        assert (await kernel.execute("1 + 1")).output_text == "2"
+        assert not dead.exists()

@@ -37,6 +37,7 @@ from kernel_bridge.execution.transport import (
     LaunchSettings,
     LocalTransport,
     Transport,
+    remove_stale_dirs,
     scrub_environment,
 )
 
@@ -45,6 +46,7 @@ RESTARTED_NOTE = "[the kernel was restarted; variables are lost]"
 GUARD_REPORT = {"kernel_bridge": "__import__('_kernel_bridge_guard').report()"}
 # What a Jupyter server sends in place of output it drops (its IOPub rate limits).
 SERVER_DROP_NOTICES = ("IOPub data rate exceeded", "IOPub message rate exceeded")
+_swept = False  # whether this process removed the kernel directories of dead ones
 
 
 @functools.cache
@@ -252,6 +254,10 @@ class Kernel(BlockSettings):
     def _local_transport(self) -> LocalTransport:
         if self.sandbox:
             find_bwrap()  # bubblewrap missing: say so before anything is made
+        global _swept
+        if not _swept:  # once per process: what killed processes left behind
+            _swept = True
+            remove_stale_dirs()
         directory = tempfile.mkdtemp(prefix=f"kernel-bridge-{os.getpid()}-")
         self._tmpdirs.append(directory)
         settings = LaunchSettings(

@@ -127,6 +127,39 @@ async def queue_get(queue: asyncio.Queue[T], timeout: float) -> T:
         return await queue.get()
 
 
+STALE_DIR_RE = re.compile(r"kernel-bridge-(\d+)-")
+
+
+def remove_stale_dirs(parent: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove the kernel directories (``kernel-bridge-<pid>-*``: connection file, workspace,
+    runtime) that processes which no longer exist left in ``parent`` (the temporary directory),
+    e.g. after a SIGKILL, and return them. Directories of live processes and of other users are
+    left alone; a pid taken again by an unrelated process keeps its directory until that ends."""
+    import shutil
+    import tempfile
+
+    removed: list[Path] = []
+    root = Path(parent if parent is not None else tempfile.gettempdir())
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = STALE_DIR_RE.match(entry.name)
+        if not found or int(found.group(1)) == os.getpid():
+            continue
+        try:
+            if not entry.is_dir() or entry.is_symlink() or entry.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if psutil.pid_exists(int(found.group(1))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
 class Transport(Protocol):
     """How ``Kernel`` talks to one kernel process, wherever it runs."""
 
