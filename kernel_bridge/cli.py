@@ -295,9 +295,10 @@ def _unsaved(reasoner: Any) -> bool:
 
 
 def _load(path: Path, trace_id: str | None) -> list[Any]:
-    from kernel_bridge.trace import load_traces
+    from kernel_bridge.trace import TraceStore, load_traces
 
-    if not path.exists():
+    # A run killed before its first line was written has only its checkpoint: still a trace file.
+    if not path.exists() and not any(TraceStore(path).checkpoint_dir.glob("*.json")):
         raise UsageError(f"no trace file at {path}")
     if path.is_dir():
         raise UsageError(f"{path} is a directory, not a trace file")

@@ -1,0 +1,61 @@
+"""A CLI run ended by SIGKILL: nothing runs in it, so the next commands pick up what it left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from kernel_bridge.trace import load_traces
+
+SLOW = "<think>\n```python\nprint('first')\n```\n```python\nimport time\ntime.sleep(60)\n```\n"
+QUICK = "<think>\n```python\nprint('again')\n```\n</think>\n<answer>done</answer>\n"
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kernel_bridge.cli", *args],
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_after_sigkill_the_run_is_recovered_and_its_kernel_directory_removed(tmp_path):
+    (tmp_path / "slow.txt").write_text(SLOW + "</think>\n<answer>never</answer>\n")
+    (tmp_path / "quick.txt").write_text(QUICK)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "KERNEL_BRIDGE_HOME": str(tmp_path), "NO_COLOR": "1",
+           "TMPDIR": str(temp)}  # fmt: skip
+    trace_file = tmp_path / "run.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernel_bridge.cli", "reason", "q",
+         "--model", f"scripted:{tmp_path / 'slow.txt'}", "--trace", str(trace_file)],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    checkpoints = tmp_path / "run.jsonl.inprogress"
+    deadline = time.monotonic() + 90
+    while not any(checkpoints.glob("*.json")):  # the first block ran; the second is sleeping
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(0.5)
+    left = list(temp.glob(f"kernel-bridge-{proc.pid}-*"))
+    assert left  # its kernel's connection file and workspace
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not trace_file.exists()  # SIGKILL: no line was written
+
+    # The next command shows the run, as interrupted, with the block that ran.
+    shown = cli("traces", "show", str(trace_file), env=env)
+    assert shown.returncode == 0, shown.stderr
+    (trace,) = load_traces(trace_file)
+    assert trace.finish_reason == "interrupted"
+    assert trace.steps[0].output_text == "first"
+    assert "interrupted" in shown.stdout
+
+    # The next run's kernel start removes what the killed process left in the temporary directory.
+    again = cli("reason", "q", "--model", f"scripted:{tmp_path / 'quick.txt'}",
+                "--trace", str(tmp_path / "other.jsonl"), env=env)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert not any(path.exists() for path in left)
