@@ -516,3 +516,11 @@ def test_cli_sandbox_without_bubblewrap_is_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.startswith("kernel-bridge: error: --sandbox: ") and "bubblewrap" in out.stderr
     assert out.stderr.count("\n") == 1
+
+
+async def test_a_remote_kernel_cannot_be_sandboxed_from_here():
+    from kernel_bridge.execution import Kernel, KernelError
+
+    kernel = Kernel(url="http://127.0.0.1:9", sandbox=True)
+    with pytest.raises(KernelError, match="sandbox=True applies to a local kernel"):
+        await kernel.start()

@@ -176,6 +176,11 @@ class Kernel(BlockSettings):
         """Start the kernel and wait until it answers."""
         if self._transport is not None:
             return self
+        if self.url and self.sandbox:
+            raise KernelError(
+                f"sandbox=True applies to a local kernel; the kernel at {self.url} runs where its "
+                "server runs: sandbox that server instead"
+            )
         if self.url:
             # Imported here: a local kernel never needs tornado's HTTP and websocket clients.
             from kernel_bridge.execution.remote import RemoteTransport
