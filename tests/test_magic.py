@@ -224,8 +224,23 @@ def test_errors_in_the_models_code_are_shown_and_reach_the_model(notebook, trace
     first, second = last_trace(trace_file).steps
     assert first.output_text.splitlines()[-1] == "ZeroDivisionError: division by zero"
     assert "StdinDisabledError: input() is not available" in second.output_text
+    # Only the model's own frames: none of kernel-bridge's, in the trace or in the cell.
+    for text in [first.output_text, second.output_text, *tracebacks]:
+        assert "kernel_bridge" not in text and "_run_block" not in text, text
     restored = printed(notebook.run("import builtins\nprint(builtins.input.__name__)"))
     assert restored and "_no_input" not in restored  # the user's input() works again
+
+
+def test_asyncio_reports_about_other_tasks_reach_neither_the_model_nor_the_cell(
+    notebook, trace_file
+):
+    cell = notebook.reason(
+        f"--model {script('magic_asyncio_noise.txt')} --trace {trace_file}", "Collect."
+    )
+    (step,) = last_trace(trace_file).steps
+    assert step.status == "ok" and step.output_text.endswith("done")
+    assert "Task was destroyed" not in step.output_text
+    assert not any("Task was destroyed" in o.get("text", "") for o in cell.outputs)
 
 
 # -- stopping ----------------------------------------------------------------------------------

@@ -26,11 +26,13 @@ import getpass
 import io
 import itertools
 import linecache
+import logging
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 from nbformat import NotebookNode
@@ -189,7 +191,7 @@ class ShellExecutor(BlockSettings):
             linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
             tree = ast.parse(source, filename)
         except Exception as e:
-            capture.error(e, offset=1)
+            capture.error(e)
             return "error"
         last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
         try:
@@ -207,10 +209,10 @@ class ShellExecutor(BlockSettings):
         except KeyboardInterrupt as e:
             if not watchdog.claim():
                 raise  # the user's Stop: the caller ends the run
-            capture.error(e, offset=1)
+            capture.error(e)
             return "timeout"
         except BaseException as e:  # what the code raised (SystemExit included) is its output
-            capture.error(e, offset=1)
+            capture.error(e)
             return "error"
         return "ok"
 
@@ -409,6 +411,8 @@ class _Capture:
         pub.publish = self._publish
         pub.clear_output = self._clear_output
         builtins.input = getpass.getpass = _no_input
+        self._noise = _EventLoopNoise()
+        logging.getLogger("asyncio").addFilter(self._noise)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -422,6 +426,7 @@ class _Capture:
                 else:
                     self._pub.__dict__.pop(name, None)
             builtins.input, getpass.getpass = self._input_saved
+            logging.getLogger("asyncio").removeFilter(self._noise)
 
     # -- what the block produces --------------------------------------------------------------
 
@@ -501,8 +506,9 @@ class _Capture:
         if self.echo:
             self._publish_original(data, metadata)
 
-    def error(self, exc: BaseException, offset: int = 0) -> None:
-        """Record an exception with IPython's traceback, leaving out ``offset`` frames of ours."""
+    def error(self, exc: BaseException) -> None:
+        """Record an exception with IPython's traceback, from the block's first frame on: the
+        frames of kernel-bridge that ran it are left out (IPython ignores ``tb_offset``)."""
         self.flush_streams()
         etype = type(exc)
         render = getattr(exc, "_render_traceback_", None)  # as IPython honours it
@@ -511,14 +517,48 @@ class _Capture:
         elif isinstance(exc, SyntaxError):
             stb = self.shell.SyntaxTB.structured_traceback(etype, exc, [])
         else:
-            stb = self.shell.InteractiveTB.structured_traceback(
-                etype, exc, exc.__traceback__, tb_offset=offset
-            )
+            exc.__traceback__ = _without_our_frames(exc.__traceback__)
+            stb = self.shell.InteractiveTB.structured_traceback(etype, exc, exc.__traceback__)
         content = {"ename": etype.__name__, "evalue": str(exc), "traceback": stb}
         self._handle("error", content)
         if self.echo:
             self.stderr.write("\n".join(stb) + "\n")
             self.stderr.flush()
+
+
+def _without_our_frames(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback without this module's frames: the one that ran the block, and those of the
+    stand-ins it installs (``input()``); what is left is the code's own."""
+    frames = []
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename != __file__:
+            frames.append(tb)
+        tb = tb.tb_next
+    kept: TracebackType | None = None
+    for frame in reversed(frames):
+        kept = TracebackType(kept, frame.tb_frame, frame.tb_lasti, frame.tb_lineno)
+    return kept
+
+
+class _EventLoopNoise(logging.Filter):
+    """While a block runs, asyncio's reports about tasks that are not the block's (``Task was
+    destroyed but it is pending!`` when a collection that the block's allocations triggered
+    finds a kernel or kernel-bridge task) go to the process's own stderr, the kernel's log, not
+    into the block's output: the model would read them as its code's. A report that names a
+    block's code (``<%%reason block N>``) is the block's and stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:
+            return True
+        if "<%%reason block" in text or (
+            record.exc_text is not None and "<%%reason block" in record.exc_text
+        ):
+            return True
+        with contextlib.suppress(Exception):
+            sys.__stderr__.write(f"{record.name}: {text}\n")  # type: ignore[union-attr]
+        return False
 
 
 def _json_bundle(data: dict[str, Any]) -> dict[str, Any]:
