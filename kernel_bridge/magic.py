@@ -248,6 +248,40 @@ class CellRenderer:
         )
 
 
+@contextlib.contextmanager
+def _busy_until_done(shell: Any) -> Any:
+    """Keep the kernel's published state busy while the run lasts.
+
+    A request on the control channel (JupyterLab's debugger asks ``debugInfo`` when a notebook is
+    shown; the server nudges with ``kernel_info`` when a client reconnects) is answered while the
+    cell runs, and ipykernel ends it with ``status: idle``, which JupyterLab shows for the whole
+    kernel. Each such idle is followed here by ``busy`` for the running cell, so the status bar and
+    the sidebar say busy until the run ends, as the cell's own ``[*]`` does."""
+    kernel: Any = getattr(shell, "kernel", None)
+    publish = getattr(kernel, "_publish_status", None)
+    get_parent = getattr(kernel, "get_parent", None)
+    if publish is None or get_parent is None:
+        yield
+        return
+    cell = get_parent("shell")
+    own = "_publish_status" in vars(kernel)
+
+    def publish_status(status: str, channel: str, parent: Any = None) -> None:
+        publish(status, channel, parent)
+        if status == "idle" and channel != "shell":
+            with contextlib.suppress(Exception):
+                publish("busy", "shell", cell)
+
+    kernel._publish_status = publish_status
+    try:
+        yield
+    finally:
+        if own:
+            kernel._publish_status = publish
+        else:
+            del kernel._publish_status
+
+
 def _longest_run(text: str, char: str) -> int:
     longest = run = 0
     for c in text:
@@ -603,9 +637,10 @@ class ReasonMagics(Magics):
             return task
 
         task = loop.run(start())
-        stopped = self._serve(
-            mailbox, renderer, lambda: loop.loop.call_soon_threadsafe(task.cancel)
-        )
+        with _busy_until_done(self.shell):
+            stopped = self._serve(
+                mailbox, renderer, lambda: loop.loop.call_soon_threadsafe(task.cancel)
+            )
         trace = reasoner.trace
         try:
             renderer.finish(trace)
