@@ -7,6 +7,10 @@ replayed in the same kernel by a naive renderer that keeps one display handle an
 the whole text so far after every delta (the scripted model's 16-character deltas; the tool
 outputs arrive whole), which is what a ``display(..., display_id=True)`` + ``update`` loop does.
 
+Then 50 trivial blocks run through ``%%reason`` (shared namespace, then ``--isolated``, in a
+folder of 10,000 data files as a notebook's may be) and through the CLI: the time per step,
+from the first block's start to the last block's end over the trace's steps.
+
 Reported for each: total iopub bytes ÷ trace size (the trace's JSON), messages, and the peak
 messages/s and bytes/s over any 1 s window, against the Jupyter server's defaults
 (``iopub_msg_rate_limit`` 1,000 msgs/s, ``iopub_data_rate_limit`` 1,000,000 bytes/s; the server
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import queue
 import sys
 import tempfile
 import threading
@@ -169,6 +174,51 @@ def figures(
     return f
 
 
+STEP_BLOCKS = 50
+
+
+def per_step(traces: Path) -> float:
+    """Seconds per step of the last trace: first block's start to last block's end, ÷ steps."""
+    steps = json.loads(traces.read_bytes().splitlines()[-1])["steps"]
+    end = steps[-1]["started"] + steps[-1]["duration_s"]
+    return (end - steps[0]["started"]) / len(steps)
+
+
+def step_times(kc: Any, counter: IopubCounter, work: Path) -> dict[str, float]:
+    """Per-step time of ``STEP_BLOCKS`` trivial blocks: the magic shared and isolated (beside
+    10,000 files), and the CLI."""
+    import subprocess
+
+    script = work / "trivial.txt"
+    blocks = "".join(f"```python\n{i}\n```\n" for i in range(STEP_BLOCKS))
+    script.write_text(f"<think>\n{blocks}</think>\n<answer>done</answer>", encoding="utf-8")
+    for d in range(100):  # a notebook folder with data in it
+        (work / "data" / f"d{d}").mkdir(parents=True, exist_ok=True)
+        for i in range(100):
+            (work / "data" / f"d{d}" / f"f{i}").touch()
+    times = {}
+    for name, option in (("magic (shared)", ""), ("magic (--isolated)", "--isolated")):
+        traces = work / f"steps-{option or 'shared'}.jsonl"
+        options = f"--model scripted:{script} --trace {traces} --max-steps {STEP_BLOCKS + 1}"
+        run_cell(kc, counter, f"%%reason {option} {options}\nCount.", 300)  # warm (a sidecar)
+        run_cell(kc, counter, f"%%reason {option} {options}\nCount.", 300)
+        times[name] = per_step(traces)
+    traces = work / "steps-cli.jsonl"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "kernel_bridge.cli", "reason", "Count."),
+            *("--model", f"scripted:{script}", "--trace", str(traces)),
+            *("--max-steps", str(STEP_BLOCKS + 1)),
+        ],
+        env={**os.environ, "KERNEL_BRIDGE_HOME": str(work)},
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    times["CLI"] = per_step(traces)
+    return times
+
+
 NAIVE_CELL = """
 from IPython.display import Markdown, display
 from kernel_bridge.trace import load_traces
@@ -202,9 +252,9 @@ def main() -> None:
     try:
         while True:  # a SUB socket only sees messages once it is connected: wait for it
             try:
-                run_cell(kc, counter, "%load_ext kernel_bridge", 2)
+                run_cell(kc, counter, "%load_ext kernel_bridge", 10)
                 break
-            except TimeoutError:
+            except (TimeoutError, queue.Empty):
                 continue
         limit = f"--max-steps {args.blocks + 1} --max-tokens {args.chars * 2} --time-limit 3600"
         cell = f"%%reason --model scripted:{script} --trace {traces} {limit}\nRun every block."
@@ -226,6 +276,7 @@ def main() -> None:
         naive = figures(
             f"display-handle update per {args.delta}-char delta", counter.of(naive_id), len(line)
         )
+        steps = step_times(kc, counter, work)
     finally:
         counter.close()
         kc.stop_channels()
@@ -262,6 +313,9 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for kind, (count, size) in ours.by_type.items():
         print(f"| {kind} | {count:,} | {size:,} | {size / len(line):.2f} |")
+    print(f"\n| {STEP_BLOCKS} trivial blocks | ms per step | ÷ CLI |\n|---|---:|---:|")
+    for name, seconds in steps.items():
+        print(f"| {name} | {seconds * 1000:.1f} | {seconds / steps['CLI']:.2f} |")
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -270,6 +324,7 @@ def main() -> None:
                     "trace_bytes": len(line),
                     "blocks": args.blocks,
                     "rows": [asdict(f) | {"ratio": f.ratio} for f in rows],
+                    "step_seconds": steps,
                 },
                 indent=2,
             )

@@ -131,6 +131,14 @@ class Kernel(BlockSettings):
     track_files = Bool(True, help="Report files created or changed in the workspace.").tag(
         config=True
     )
+    track_depth = Int(
+        None,
+        allow_none=True,
+        min=0,
+        help="Folder levels below the workspace searched for new files (0: its own files only); "
+        "None: all, up to 10,000 files. Each block searches twice, so a large folder (a "
+        "notebook's) costs time per block.",
+    ).tag(config=True)
     url = Unicode(
         None, allow_none=True, help="Jupyter Server or Kernel Gateway URL for a remote kernel."
     ).tag(config=True)
@@ -410,7 +418,11 @@ class Kernel(BlockSettings):
             return {}
         snap: dict[str, tuple[int, int]] = {}
         root = str(self.workspace_path)
-        for dirpath, _dirs, files in os.walk(root):
+        for dirpath, dirs, files in os.walk(root):
+            if self.track_depth is not None:
+                depth = 0 if dirpath == root else os.path.relpath(dirpath, root).count(os.sep) + 1
+                if depth >= self.track_depth:
+                    dirs.clear()
             for name in files:
                 path = os.path.join(dirpath, name)
                 with contextlib.suppress(OSError):
