@@ -121,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", type=Path, required=True, dest="out", help="notebook to write")
     export.add_argument("--id", default=None, help="which trace (default: the last one)")
 
+    setup = sub.add_parser(
+        "setup-ipython",
+        help="load %%%%reason in every IPython session and notebook kernel (a startup file)",
+        description="Writes a startup file into the IPython profile ($IPYTHONDIR/profile_NAME/"
+        "startup/), so %%%%reason works in every notebook kernel, also after a restart, without "
+        "%%load_ext kernel_bridge.",
+    )
+    setup.add_argument("--profile", default="default", help="IPython profile (default: default)")
+    setup.add_argument("--remove", action="store_true", help="delete the startup file again")
+
     train = sub.add_parser("train", help="GRPO training on kernel traces (docs/training.md)")
     train.add_argument("config", type=Path, help="TOML training config, e.g. configs/smoke.toml")
     train.add_argument("--steps", type=int, default=None, help="train until this step")
@@ -182,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "setup-ipython":
+            return _setup_ipython(args)
         return _export(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
@@ -198,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
             "with the traceback above and the command you ran",
         )
         return 70  # EX_SOFTWARE
+
+
+def _setup_ipython(args: argparse.Namespace) -> int:
+    from kernel_bridge.magic import setup_ipython
+
+    path = setup_ipython(args.profile, remove=args.remove)
+    if args.remove:
+        print(f"removed {path}: %%reason needs %load_ext kernel_bridge again")
+    else:
+        print(f"wrote {path}: %%reason is loaded in every new IPython session and kernel")
+    return 0
 
 
 def _fail(message: str) -> int:

@@ -358,3 +358,41 @@ def test_sigterm_and_sighup_end_the_run_like_ctrl_c_with_the_trace_saved(tmp_pat
     assert "interrupted; trace saved to" in out
     leftovers = glob.glob(os.path.join(tempfile.gettempdir(), f"kernel-bridge-{proc.pid}-*"))
     assert not leftovers  # the kernel's connection file and workspace are removed
+
+
+def test_setup_ipython_loads_reason_in_every_kernel_and_remove_undoes_it(tmp_path):
+    ipython_dir = tmp_path / "ipython"
+    env = {**os.environ, "IPYTHONDIR": str(ipython_dir), "KERNEL_BRIDGE_HOME": str(tmp_path)}
+
+    def kernel_knows_reason() -> bool:
+        from jupyter_client.manager import start_new_kernel
+
+        km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(tmp_path))
+        try:
+            reply = kc.execute_interactive(
+                "",
+                user_expressions={"r": "'reason' in get_ipython().magics_manager.magics['cell']"},
+                timeout=60,
+            )
+            return reply["content"]["user_expressions"]["r"]["data"]["text/plain"] == "True"
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+
+    def setup(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kernel_bridge.cli", "setup-ipython", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    out = setup()
+    assert out.returncode == 0, out.stderr
+    startup = ipython_dir / "profile_default" / "startup" / "50-kernel-bridge.py"
+    assert startup.exists() and str(startup) in out.stdout
+    assert kernel_knows_reason()  # a fresh kernel, as after a restart: no %load_ext
+    assert setup("--remove").returncode == 0
+    assert not startup.exists()
+    assert not kernel_knows_reason()

@@ -217,6 +217,30 @@ def test_committed_notebook_is_clean(path):
     assert_no_secrets(path)
 
 
+@pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=[p.stem for p in NOTEBOOK_PATHS])
+def test_committed_notebook_opens_unmodified(path):
+    """Its metadata is what JupyterLab writes for the python3 kernel (the installed kernelspec,
+    ipykernel's language_info), so opening it does not mark it modified."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata["kernelspec"] == {
+        "display_name": spec.display_name,
+        "language": "python",
+        "name": "python3",
+    }
+    info = nb.metadata["language_info"]
+    assert {k: v for k, v in info.items() if k != "version"} == {
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3",
+    }
+
+
 @pytest.mark.parametrize("path", sorted(SCRIPTS.glob("*.txt")), ids=lambda p: p.stem)
 def test_session_scripts_hold_no_outputs_or_secrets(path):
     text = path.read_text(encoding="utf-8")
