@@ -36,6 +36,7 @@ from typing import Any
 
 import zmq
 from jupyter_client.manager import start_new_kernel
+from nbformat.v4 import output_from_msg
 
 MSG_RATE_LIMIT = 1000  # jupyter_server's ZMQChannelsHandler defaults
 DATA_RATE_LIMIT = 1_000_000
@@ -97,6 +98,7 @@ class IopubCounter:
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.connect(url)
         self.records: list[tuple[float, int, str, str, str]] = []
+        self.outputs: dict[str, list[Any]] = {}  # the cell's outputs as a notebook saves them
         self._lock = threading.Lock()
         self._stop = False
         self._thread = threading.Thread(target=self._pump, daemon=True)
@@ -114,10 +116,31 @@ class IopubCounter:
             i = frames.index(DELIMITER)
             header = json.loads(frames[i + 2])
             parent = json.loads(frames[i + 3])
-            content = json.loads(frames[i + 5]) if header["msg_type"] == "status" else {}
+            kind = header["msg_type"]
+            saved = kind in ("stream", "display_data", "execute_result", "error", "clear_output")
+            content = json.loads(frames[i + 5]) if kind == "status" or saved else {}
             state = content.get("execution_state", "")
             with self._lock:
-                self.records.append((t, size, header["msg_type"], parent.get("msg_id", ""), state))
+                self.records.append((t, size, kind, parent.get("msg_id", ""), state))
+                if saved:
+                    outputs = self.outputs.setdefault(parent.get("msg_id", ""), [])
+                    if kind == "clear_output":
+                        outputs.clear()
+                    else:
+                        outputs.append(output_from_msg({"header": header, "content": content}))
+
+    def saved_cell_bytes(self, msg_id: str) -> int:
+        """Bytes of the cell's outputs in the saved notebook (nbformat's JSON, streams merged)."""
+        with self._lock:
+            outputs = list(self.outputs.get(msg_id, []))
+        merged: list[Any] = []
+        for out in outputs:
+            last = merged[-1] if merged else None
+            if out.output_type == "stream" and last and last.get("name") == out.name:
+                last["text"] += out.text
+            else:
+                merged.append(out)
+        return len(json.dumps(merged, indent=1, ensure_ascii=False))
 
     def wait_idle(self, msg_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -259,6 +282,7 @@ def main() -> None:
         limit = f"--max-steps {args.blocks + 1} --max-tokens {args.chars * 2} --time-limit 3600"
         cell = f"%%reason --model scripted:{script} --trace {traces} {limit}\nRun every block."
         ours_id = run_cell(kc, counter, cell, 300)
+        cell_bytes = counter.saved_cell_bytes(ours_id)
         line = traces.read_bytes().splitlines()[-1]
         trace = json.loads(line)
         assert trace["finish_reason"] == "answer", trace["finish_reason"]
@@ -301,6 +325,10 @@ def main() -> None:
             f"| {f.name} | {f.bytes:,} | {f.ratio:.2f} | {f.messages:,} | {f.seconds:.1f} | "
             f"{f.peak_msgs_per_s:,} | {f.peak_bytes_per_s:,} | {'yes' if f.over_limits else 'no'} |"
         )
+    print(
+        f"\nThe saved %%reason cell: {cell_bytes:,} bytes of outputs, "
+        f"{cell_bytes / len(line):.2f}× the trace.\n"
+    )
     received = naive.by_type.get("update_display_data", [0])[0]
     dropped = updates - received
     print(
@@ -325,6 +353,7 @@ def main() -> None:
                     "blocks": args.blocks,
                     "rows": [asdict(f) | {"ratio": f.ratio} for f in rows],
                     "step_seconds": steps,
+                    "saved_cell_bytes": cell_bytes,
                 },
                 indent=2,
             )

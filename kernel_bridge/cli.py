@@ -213,14 +213,43 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _setup_ipython(args: argparse.Namespace) -> int:
-    from kernel_bridge.magic import setup_ipython
-
     path = setup_ipython(args.profile, remove=args.remove)
     if args.remove:
         print(f"removed {path}: %%reason needs %load_ext kernel_bridge again")
     else:
         print(f"wrote {path}: %%reason is loaded in every new IPython session and kernel")
     return 0
+
+
+STARTUP_FILE = "50-kernel-bridge.py"
+_STARTUP_CODE = """\
+# Written by `kernel-bridge setup-ipython`: %%reason in every IPython session and notebook kernel,
+# also after a restart. `kernel-bridge setup-ipython --remove` deletes this file.
+def _load_kernel_bridge():
+    shell = get_ipython()  # noqa: F821 - IPython's startup namespace has it
+    try:
+        shell.extension_manager.load_extension("kernel_bridge")
+    except ImportError:
+        pass  # an environment without kernel-bridge shares this profile
+
+
+_load_kernel_bridge()
+del _load_kernel_bridge
+"""
+
+
+def setup_ipython(profile: str = "default", remove: bool = False) -> Path:
+    """Load ``%%reason`` in every IPython session and kernel of ``profile`` (a startup file in its
+    ``startup/`` folder, under ``$IPYTHONDIR``); ``remove`` deletes it. Returns the file's path."""
+    from IPython.paths import get_ipython_dir
+
+    path = Path(get_ipython_dir()) / f"profile_{profile}" / "startup" / STARTUP_FILE
+    if remove:
+        path.unlink(missing_ok=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_STARTUP_CODE, encoding="utf-8")
+    return path
 
 
 def _fail(message: str) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -20,7 +21,7 @@ from typing import Any
 
 from kernel_bridge.parsing import CodeEnd, TextDelta
 from kernel_bridge.reasoner import RunStarted, StepFinished, StepOutput, StepStarted
-from kernel_bridge.trace import Step, Trace
+from kernel_bridge.trace import Step, Trace, trace_pieces
 
 COMM_TARGET = "kernel_bridge.trace"
 WIRE_VERSION = 1
@@ -373,6 +374,89 @@ def run_summary(trace: Trace, *, error: bool = False, tokens: bool = False) -> s
     return " · ".join(parts)
 
 
+# -- a finished run as HTML, for any notebook viewer ---------------------------------------------
+
+_HTML_STYLE = (
+    "<style>.kb-run{font-family:inherit}.kb-run pre{white-space:pre-wrap;margin:.3em 0}"
+    ".kb-run .kb-think{color:#666;font-style:italic;white-space:pre-wrap}"
+    ".kb-run .kb-code{background:#f5f5f5;padding:.4em;overflow-x:auto;white-space:pre}"
+    ".kb-run .kb-out{border-left:3px solid #ccc;padding-left:.5em}"
+    ".kb-run .kb-err{color:#b00}.kb-run .kb-meta{color:#888;font-size:85%}"
+    ".kb-run .kb-answer{border-left:3px solid #2a2;padding-left:.5em}</style>"
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_IMAGES = ("image/png", "image/jpeg", "image/gif")
+
+
+def trace_html(trace: Trace, *, answer_only: bool = False) -> str:
+    """The whole run as one HTML fragment: thinking, each block with its real outputs (images
+    inline), how the run ended, the answer. What nbviewer, GitHub, VS Code and ``nbconvert
+    --to html`` show of a ``%%reason`` cell; the JupyterLab extension draws the trace instead."""
+    from html import escape
+
+    parts = ['<div class="kb-run">', _HTML_STYLE]
+    if not answer_only:
+        for piece in trace_pieces(trace):
+            if trace.answer and piece.section == "answer":
+                continue  # shown once, below
+            if piece.kind != "code":
+                if piece.text.strip():
+                    css = "kb-think" if piece.kind == "think" else "kb-text"
+                    parts.append(f'<div class="{css}">{escape(piece.text.strip())}</div>')
+                continue
+            parts.append(f'<pre class="kb-code">{escape(piece.text.rstrip())}</pre>')
+            if piece.ran is not None:
+                parts.append('<div class="kb-out">')
+                parts.extend(_output_html(output) for output in piece.ran.outputs)
+                parts.append(f'<div class="kb-meta">{escape(step_line(piece.ran))}</div></div>')
+    if trace.answer:
+        parts.append(f'<div class="kb-answer"><b>Answer</b><pre>{escape(trace.answer)}</pre></div>')
+    parts.append(f'<div class="kb-meta">{escape(run_summary(trace, error=True))}</div></div>')
+    return "".join(parts)
+
+
+def _output_html(output: Any) -> str:
+    from html import escape
+
+    kind = output.get("output_type")
+    if kind == "stream":
+        css = ' class="kb-err"' if output.get("name") == "stderr" else ""
+        return f"<pre{css}>{escape(_ANSI.sub('', _text(output.get('text', ''))))}</pre>"
+    if kind == "error":
+        tb = _ANSI.sub("", "\n".join(output.get("traceback", [])))
+        return f'<pre class="kb-err">{escape(tb)}</pre>'
+    data = output.get("data", {})
+    for mime in _IMAGES:
+        if mime in data:
+            return f'<img src="data:{mime};base64,{_text(data[mime]).strip()}"/>'
+    if "image/svg+xml" in data:
+        return _text(data["image/svg+xml"])
+    if "text/html" in data:
+        return _text(data["text/html"])
+    return f"<pre>{escape(_text(data.get('text/plain', '')))}</pre>"
+
+
+def _text(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def trace_text(trace: Trace) -> str:
+    """The whole run as plain text (the ``text/plain`` of the cell's one output)."""
+    lines = []
+    for piece in trace_pieces(trace):
+        if piece.kind != "code":
+            lines.append(piece.text.strip())
+            continue
+        lines.append(piece.text.rstrip())
+        if piece.ran is not None:
+            lines.append(piece.ran.output_text)
+            lines.append(step_line(piece.ran))
+    if trace.answer:
+        lines.append(f"Answer: {trace.answer}")
+    lines.append(run_summary(trace, error=True))
+    return "\n".join(line for line in lines if line)
+
+
 __all__ = [
     "COMM_TARGET",
     "EVENT_TYPES",
@@ -397,5 +481,7 @@ __all__ = [
     "run_summary",
     "step_line",
     "to_wire",
+    "trace_html",
+    "trace_text",
     "wire_event",
 ]

@@ -17,11 +17,14 @@ The Stop button (SIGINT → KeyboardInterrupt in the main thread) cancels the Re
 Reasoner stops its sampler (and interrupts a sidecar block), saves the trace as ``interrupted``, and
 the cell ends with one line saying so.
 
-**What the cell shows** (linear in bytes, readable in any frontend): the thinking as stream text
-(ipykernel batches it every 0.2 s), each code block as a Markdown display, its real outputs (live
-in shared mode; forwarded from the sidecar with ``--isolated``), a status line per block, the
-answer as Markdown, and last a ``application/vnd.kernel-bridge.trace+json`` bundle holding the
-trace, whose ``text/plain`` is a one-line summary. Nothing is updated in place.
+**What the cell shows** (linear in bytes, readable in any frontend): while the run goes, the
+thinking as stream text (ipykernel batches it every 0.2 s), each code block as a Markdown display,
+its real outputs (live in shared mode; forwarded from the sidecar with ``--isolated``) and a status
+line per block. When it ends, that is cleared and one output remains: the trace as
+``application/vnd.kernel-bridge.trace+json`` (the JupyterLab extension draws it), the whole run as
+``text/html`` (thinking, code, real outputs with their images, the answer: what nbviewer, GitHub,
+VS Code and ``nbconvert`` show), and as ``text/plain`` the answer and a one-line summary. So the
+saved notebook holds each run once.
 
 **Comm** (target ``kernel_bridge.trace``, one comm per run, for the JupyterLab extension): the
 events of the run in batches, as ``kernel_bridge.events`` defines them (docs/events.schema.json);
@@ -53,7 +56,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import display
+from IPython.display import clear_output, display
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Int, TraitError, Unicode
 
@@ -65,6 +68,7 @@ from kernel_bridge.events import (
     run_cells,
     run_summary,
     step_line,
+    trace_html,
 )
 from kernel_bridge.execution import Kernel, LoopThread, Seconds, ShellExecutor, ShellJob
 from kernel_bridge.execution.sandbox import sandbox_problem
@@ -210,18 +214,23 @@ class CellRenderer:
             if self.comm:
                 self.comm.finish(None)
             return
-        if trace.answer:
-            self._display({"text/markdown": trace.answer, "text/plain": trace.answer}, "answer")
-        elif trace.finish_reason not in ("interrupted", "error"):  # those end the cell in a line
-            self._display({"text/plain": f"no answer · {run_summary(trace)}"}, "outcome")
-        if self.cells and trace.segments:
-            self._write_cells(trace)
+        # One view of the run remains: what streamed goes, and one output holds the whole run,
+        # as the trace (the extension's view) and as HTML (any other notebook viewer).
+        self._end_line()
+        clear_output()
         summary = f"kernel-bridge · {run_summary(trace)} · trace {trace.id} in {self.trace_path}"
+        if trace.answer:
+            summary = f"{trace.answer}\n\n{summary}"
+        elif trace.finish_reason not in ("interrupted", "error"):  # those end the cell in a line
+            summary = f"no answer\n\n{summary}"
+        html = trace_html(trace, answer_only=not self.show_all)
         display(
-            {TRACE_MIME: trace.to_dict(), "text/plain": summary},
+            {TRACE_MIME: trace.to_dict(), "text/html": html, "text/plain": summary},
             raw=True,
             metadata={TRACE_MIME: {"trace_path": str(self.trace_path)}},
         )
+        if self.cells and trace.segments:
+            self._write_cells(trace)
         if self.comm:
             self.comm.finish(trace)
 
@@ -799,37 +808,6 @@ class ReasonMagics(Magics):
         loop.close()
 
 
-STARTUP_FILE = "50-kernel-bridge.py"
-_STARTUP_CODE = """\
-# Written by `kernel-bridge setup-ipython`: %%reason in every IPython session and notebook kernel,
-# also after a restart. `kernel-bridge setup-ipython --remove` deletes this file.
-def _load_kernel_bridge():
-    shell = get_ipython()  # noqa: F821 - IPython's startup namespace has it
-    try:
-        shell.extension_manager.load_extension("kernel_bridge")
-    except ImportError:
-        pass  # an environment without kernel-bridge shares this profile
-
-
-_load_kernel_bridge()
-del _load_kernel_bridge
-"""
-
-
-def setup_ipython(profile: str = "default", remove: bool = False) -> Path:
-    """Load ``%%reason`` in every IPython session and kernel of ``profile`` (a startup file in its
-    ``startup/`` folder, under ``$IPYTHONDIR``); ``remove`` deletes it. Returns the file's path."""
-    from IPython.paths import get_ipython_dir
-
-    path = Path(get_ipython_dir()) / f"profile_{profile}" / "startup" / STARTUP_FILE
-    if remove:
-        path.unlink(missing_ok=True)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(_STARTUP_CODE, encoding="utf-8")
-    return path
-
-
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext kernel_bridge``: ``%%reason``, ``%reason_config`` and ``%reason_kernel``."""
     ipython.register_magics(ReasonMagics(shell=ipython))
@@ -855,6 +833,5 @@ __all__ = [
     "ReasonMagics",
     "TraceComm",
     "load_ipython_extension",
-    "setup_ipython",
     "unload_ipython_extension",
 ]

@@ -67,13 +67,35 @@ class Notebook:
             handle_comm_msg(outs, msg, index)
 
         self.client.handle_comm_msg = record_close  # type: ignore[method-assign]
+        # Every output as it arrived, and the clear_output that ends a run: what the cell showed
+        # while it ran (the saved cell keeps only the run's one final view).
+        self.live: list[Any] = []
+        output, clear = self.client.output, self.client.clear_output
+
+        def record_output(outs: Any, msg: Any, display_id: Any, cell_index: int) -> Any:
+            out = output(outs, msg, display_id, cell_index)
+            if out is not None:
+                self.live.append(out)
+            return out
+
+        def record_clear(outs: Any, msg: Any, cell_index: int) -> None:
+            self.live.append(nbformat.NotebookNode(output_type="clear_output"))
+            clear(outs, msg, cell_index)
+
+        self.client.output = record_output  # type: ignore[method-assign]
+        self.client.clear_output = record_clear  # type: ignore[method-assign]
 
     def run(self, source: str) -> nbformat.NotebookNode:
         cell = new_code_cell(source)
         self.nb.cells.append(cell)
         self.comm_log.clear()
+        self.live.clear()
         self.client.execute_cell(cell, len(self.nb.cells) - 1)
         return cell
+
+    def streamed(self) -> list[str]:
+        """``summary`` of what the last cell showed while it ran, ``clear`` where it cleared."""
+        return summary({"outputs": self.live})
 
     def interrupt_after(self, seconds: float) -> threading.Timer:
         """Press the Stop button (the kernel manager's interrupt) after ``seconds``."""
@@ -109,10 +131,13 @@ def last_trace(path: Path) -> Trace:
 
 
 def summary(cell) -> list[str]:
-    """Each output as one short label: ``stdout:<text>``, ``code``, ``step:ok``, ``answer``, ..."""
+    """Each output as one short label: ``stdout:<text>``, ``code``, ``step:ok``, ``trace``, ..."""
     labels = []
-    for out in cell.outputs:
-        if out.output_type == "stream":
+    outputs = cell["outputs"] if isinstance(cell, dict) else cell.outputs
+    for out in outputs:
+        if out.output_type == "clear_output":
+            labels.append("clear")
+        elif out.output_type == "stream":
             labels.append(f"{out.name}:{out.text}")
         elif out.output_type == "error":
             labels.append(f"error:{out.evalue}")
@@ -137,9 +162,9 @@ def printed(cell) -> str:
 # -- what the cell shows ---------------------------------------------------------------------
 
 
-def test_outputs_appear_in_order_thinking_code_real_output_answer(notebook, trace_file):
+def test_outputs_stream_in_order_then_one_view_of_the_run_remains(notebook, trace_file):
     cell = notebook.reason(f"--model {script('magic_rich.txt')} --trace {trace_file}", "Rows?")
-    assert summary(cell) == [
+    assert notebook.streamed() == [
         "stdout:First the squares, then a small table.\n",
         "code",
         "stdout:squares: [1, 4, 9]\n",
@@ -147,20 +172,47 @@ def test_outputs_appear_in_order_thinking_code_real_output_answer(notebook, trac
         "display:['text/plain']",  # the block's last value
         "step:ok",
         "stdout:So there are three rows.\n",
-        "answer",
+        "clear",
         "trace",
     ]
-    code, html, value = cell.outputs[1], cell.outputs[3], cell.outputs[4]
+    code, html, value = notebook.live[1], notebook.live[3], notebook.live[4]
     assert code.data["text/markdown"].startswith("```python\nprint(")
     assert html.data["text/html"] == "<b>a bold table</b>"
     assert value.data["text/plain"] == "{'rows': 3}"
-    assert cell.outputs[7].data["text/markdown"] == "There are **3** rows."
+    # The saved cell holds the run once: thinking, code, real outputs and answer, as HTML too.
+    (view,) = cell.outputs
+    page = view.data["text/html"]
+    for shown in ("First the squares", "print(", "squares: [1, 4, 9]", "<b>a bold table</b>"):
+        assert shown in page, shown
+    assert "There are **3** rows." in page
+    assert view.data["text/plain"].startswith("There are **3** rows.\n\nkernel-bridge · answer")
     # The model read the same outputs as text; the trace keeps them as notebook outputs.
     step = last_trace(trace_file).steps[0]
     assert step.output_text == (
         "squares: [1, 4, 9]\n<IPython.core.display.HTML object>\n{'rows': 3}"
     )
     assert [o["output_type"] for o in step.outputs] == ["stream", "display_data", "execute_result"]
+
+
+def test_the_saved_notebook_shows_the_run_once_without_the_extension(notebook, trace_file):
+    from nbconvert import HTMLExporter
+
+    cell = notebook.reason(f"--model {script('magic_rich.txt')} --trace {trace_file}", "Rows?")
+    saved = nbformat.reads(nbformat.writes(new_notebook(cells=[cell])), as_version=4)
+    page, _ = HTMLExporter().from_notebook_node(saved)
+    # Thinking, code, the block's real outputs (text and HTML) and the answer, each once.
+    for shown in (
+        "First the squares, then a small table.",
+        "So there are three rows.",
+        "squares: [1, 4, 9]",
+        "<b>a bold table</b>",
+        "There are **3** rows.",
+    ):
+        assert page.count(shown) == 1, shown
+    assert "print(" in page
+    # One copy: the cell is the trace plus its view, not a stream and a trace besides.
+    size = len(json.dumps(cell.outputs))
+    assert size < 2 * len(last_trace(trace_file).to_json()), size
 
 
 def test_trace_bundle_ends_the_cell_and_matches_the_saved_trace(notebook, trace_file):
@@ -170,7 +222,7 @@ def test_trace_bundle_ends_the_cell_and_matches_the_saved_trace(notebook, trace_
     assert bundle.data[TRACE_MIME]["id"] == saved.id
     assert Trace.from_dict(bundle.data[TRACE_MIME]).answer == saved.answer
     assert saved.finish_reason == "answer"
-    assert saved.id in bundle.data["text/plain"] and "\n" not in bundle.data["text/plain"]
+    assert bundle.data["text/plain"].endswith(f"trace {saved.id} in {trace_file}")
     # Saved as a notebook, the cell keeps only plain outputs a reader without the extension sees.
     nbformat.validate(notebook.nb)
 
@@ -185,7 +237,8 @@ def test_show_answer_hides_thinking_code_and_outputs(notebook, trace_file):
     cell = notebook.reason(
         f"--show answer --model {script('magic_rich.txt')} --trace {trace_file}", "Rows?"
     )
-    assert summary(cell) == ["answer", "trace"]
+    assert summary(cell) == ["trace"]
+    assert "code" not in notebook.streamed()
     assert last_trace(trace_file).steps[0].output_text.startswith("squares: [1, 4, 9]")
 
 
@@ -194,20 +247,20 @@ def test_show_answer_hides_thinking_code_and_outputs(notebook, trace_file):
 
 def test_namespace_is_shared_with_the_notebook(notebook, trace_file):
     notebook.run("data = [1, 2, 3]")
-    cell = notebook.reason(f"--model {script('magic_shared.txt')} --trace {trace_file}", "Sum?")
-    assert "stdout:total: 6\n" in summary(cell)  # the model's code used the user's `data`
+    notebook.reason(f"--model {script('magic_shared.txt')} --trace {trace_file}", "Sum?")
+    assert "stdout:total: 6\n" in notebook.streamed()  # the model's code used the user's `data`
     assert printed(notebook.run("print(total)")) == "6\n"  # and left `total` for the user
 
 
 def test_isolated_runs_in_a_sidecar_that_persists_across_cells(notebook, trace_file):
-    first = notebook.reason(
+    notebook.reason(
         f"--isolated --model {script('magic_isolated_set.txt')} --trace {trace_file}", "Set."
     )
-    assert "stdout:set\n" in summary(first)
-    second = notebook.reason(
+    assert "stdout:set\n" in notebook.streamed()
+    notebook.reason(
         f"--isolated --model {script('magic_isolated_get.txt')} --trace {trace_file}", "Get."
     )
-    assert second.outputs[2].data["text/plain"] == "42"  # the sidecar kept secret_iso
+    assert notebook.live[2].data["text/plain"] == "42"  # the sidecar kept secret_iso
     assert last_trace(trace_file).steps[0].output_text == "42"
     check = notebook.run("print('secret_iso' in globals())")
     assert printed(check) == "False\n"  # ... and the notebook never saw it
@@ -217,9 +270,9 @@ def test_isolated_runs_in_a_sidecar_that_persists_across_cells(notebook, trace_f
 
 def test_errors_in_the_models_code_are_shown_and_reach_the_model(notebook, trace_file):
     cell = notebook.reason(f"--model {script('magic_error.txt')} --trace {trace_file}", "Divide.")
-    labels = summary(cell)
-    assert labels.count("step:error") == 2 and labels[-2:] == ["answer", "trace"]
-    tracebacks = [o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"]
+    labels = notebook.streamed()
+    assert labels.count("step:error") == 2 and summary(cell) == ["trace"]
+    tracebacks = [o.text for o in notebook.live if o.output_type == "stream" and o.name == "stderr"]
     assert "ZeroDivisionError" in tracebacks[0]
     first, second = last_trace(trace_file).steps
     assert first.output_text.splitlines()[-1] == "ZeroDivisionError: division by zero"
@@ -262,8 +315,9 @@ def test_stop_button_interrupts_the_block_and_saves_the_trace(notebook, trace_fi
     assert trace.id in errors[0].evalue
     # the stopped block is in the trace, with what it printed; the cell and the comm end it too
     assert "[interrupted: the run was stopped while this block ran]" in trace.steps[-1].output_text
-    labels = [x for x in summary(cell) if not x.startswith(("stdout:", "stderr:"))]
-    assert labels[-3:-1] == ["step:error", "trace"] and trace.answer is None, labels
+    labels = [x for x in notebook.streamed() if not x.startswith(("stdout:", "stderr:"))]
+    assert labels[-4:-1] == ["step:error", "clear", "trace"] and trace.answer is None, labels
+    assert summary(cell)[0] == "trace"  # the one view, then the error line
     finished = [e for e in notebook.comm_log if e.get("type") == "step_finished"]
     assert [(e["index"], e["status"]) for e in finished] == [(0, "error")]
     # The kernel is fine and the notebook's variables are intact.
@@ -283,8 +337,8 @@ def test_stop_button_interrupts_generation(notebook, trace_file):
     elapsed = time.monotonic() - t0
     timer.join()
     assert elapsed < 20, f"generation took {elapsed:.1f} s to stop"  # unstopped: 40 s
+    assert notebook.streamed()[0].startswith("stdout:thinking slowly.")
     labels = summary(cell)
-    assert labels[0].startswith("stdout:thinking slowly.")
     assert labels[-1].startswith("error:interrupted; trace ")
     trace = last_trace(trace_file)
     assert trace.finish_reason == "interrupted"
@@ -309,26 +363,27 @@ def test_a_turn_that_ends_without_an_answer_says_so(notebook, trace_file):
     cell = notebook.reason(
         f"--timeout 1 --model {script('magic_no_answer.txt')} --trace {trace_file}", "Sleep."
     )
-    assert [x for x in summary(cell) if not x.startswith(("stdout:", "stderr:"))] == [
+    assert [x for x in notebook.streamed() if not x.startswith(("stdout:", "stderr:"))] == [
         "code",
         "step:timeout",
-        "outcome",
+        "clear",
         "trace",
     ]
     trace = last_trace(trace_file)
     assert (trace.finish_reason, trace.answer) == ("no_answer", None)
-    texts = [o.data["text/plain"] for o in cell.outputs if o.output_type == "display_data"]
-    assert any(t.startswith("no answer · no_answer · 1 block") for t in texts), texts
+    (view,) = cell.outputs
+    assert view.data["text/plain"].startswith("no answer\n\nkernel-bridge · no_answer · 1 block")
+    assert "no_answer · 1 block" in view.data["text/html"]
 
 
 def test_timeout_in_shared_mode_stops_loops_and_sleeps_and_keeps_variables(notebook, trace_file):
     notebook.run("data = [1, 2, 3]")
     t0 = time.monotonic()
-    cell = notebook.reason(
+    notebook.reason(
         f"--timeout 1 --model {script('magic_timeout.txt')} --trace {trace_file}", "Spin."
     )
     assert time.monotonic() - t0 < 25  # the loop never ends; the sleep takes 30 s
-    assert [x for x in summary(cell) if x.startswith("step:")] == [
+    assert [x for x in notebook.streamed() if x.startswith("step:")] == [
         "step:timeout",
         "step:timeout",
         "step:ok",
@@ -402,7 +457,7 @@ def test_reason_config_sets_defaults_for_later_cells(notebook, trace_file):
     )
     try:
         cell = notebook.reason("", "Total?")
-        assert summary(cell) == ["answer", "trace"]
+        assert summary(cell) == ["trace"]
         assert last_trace(trace_file).model == script("magic_shared.txt")
         bad = notebook.run("%reason_config show=sideways")
         assert len(bad.outputs) == 1 and bad.outputs[0].text.startswith("UsageError: show=")
@@ -521,7 +576,7 @@ def test_finance_tools_in_the_shared_namespace_guard_only_the_models_code(notebo
         f"--trace {trace_file}",
         "AAPL in 2008?",
     )
-    assert summary(cell)[-2:] == ["answer", "trace"]
+    assert summary(cell) == ["trace"]
     tools_step, import_step = last_trace(trace_file).steps
     assert tools_step.output_text.splitlines()[-1] == "6"
     assert "from sample data: vega-datasets" in tools_step.output_text

@@ -153,18 +153,25 @@ def text_of(cell: nbformat.NotebookNode) -> str:
 
 
 def images(cell: nbformat.NotebookNode) -> list[str]:
-    return [o.data["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
+    """The PNG images a cell shows: its own outputs', and those a ``%%reason`` run's one view
+    shows in its HTML."""
+    found = [o.data["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
+    for o in cell.outputs:
+        html = o.get("data", {}).get("text/html", "")
+        if TRACE_MIME in o.get("data", {}):
+            found += re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
+    return found
 
 
 def answer_of(cell: nbformat.NotebookNode) -> str:
-    """The answer the cell showed (as Markdown)."""
-    shown = [
-        o.data["text/markdown"]
-        for o in cell.outputs
-        if o.get("metadata", {}).get("kernel_bridge", {}).get("kind") == "answer"
-    ]
-    assert len(shown) == 1
-    return shown[0]
+    """The answer the cell showed: its run's answer, in the view's HTML and text."""
+    from html import escape
+
+    (view,) = [o for o in cell.outputs if TRACE_MIME in o.get("data", {})]
+    answer = view.data[TRACE_MIME]["answer"]
+    assert answer and escape(answer) in view.data["text/html"]
+    assert view.data["text/plain"].startswith(answer)
+    return answer
 
 
 def numbers_in(text: str) -> list[float]:
