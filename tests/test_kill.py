@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from kernel_bridge.trace import load_traces
 
@@ -21,11 +24,11 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_after_sigkill_the_run_is_recovered_and_its_kernel_directory_removed(tmp_path):
+def test_after_sigkill_the_run_is_recovered_and_its_kernel_directory_removed(tmp_path, request):
     (tmp_path / "slow.txt").write_text(SLOW + "</think>\n<answer>never</answer>\n")
     (tmp_path / "quick.txt").write_text(QUICK)
-    temp = tmp_path / "tmp"
-    temp.mkdir()
+    temp = Path(tempfile.mkdtemp(prefix="kb-", dir="/tmp"))  # short: room for kernel sockets
+    request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
     env = {**os.environ, "KERNEL_BRIDGE_HOME": str(tmp_path), "NO_COLOR": "1",
            "TMPDIR": str(temp)}  # fmt: skip
     trace_file = tmp_path / "run.jsonl"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+from pathlib import Path
 
 import psutil
 import pytest
@@ -114,10 +116,26 @@ async def test_a_kernel_start_sweeps_what_a_killed_process_left(tmp_path, monkey
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    dead = tmp_path / f"kernel-bridge-{int(gone.stdout)}-xyz"
-    dead.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(kernel_module, "_swept", False)
+    short = Path(tempfile.mkdtemp(prefix="kb-", dir="/tmp"))  # room for the kernel's sockets
+    try:
+        dead = short / f"kernel-bridge-{int(gone.stdout)}-xyz"
+        dead.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(short))
+        monkeypatch.setattr(kernel_module, "_swept", False)
+        async with Kernel(timeout=20) as kernel:
+            assert (await kernel.execute("1 + 1")).output_text == "2"
+            assert not dead.exists()
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+async def test_a_long_temporary_directory_leaves_the_kernel_room_for_its_sockets(
+    tmp_path, monkeypatch
+):
+    import tempfile
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
     async with Kernel(timeout=20) as kernel:
         assert (await kernel.execute("1 + 1")).output_text == "2"
-        assert not dead.exists()

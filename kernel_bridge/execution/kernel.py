@@ -47,6 +47,18 @@ GUARD_REPORT = {"kernel_bridge": "__import__('_kernel_bridge_guard').report()"}
 # What a Jupyter server sends in place of output it drops (its IOPub rate limits).
 SERVER_DROP_NOTICES = ("IOPub data rate exceeded", "IOPub message rate exceeded")
 _swept = False  # whether this process removed the kernel directories of dead ones
+# A kernel's channels are Unix sockets in its directory (…/kernel-bridge-<pid>-<random>/run/ipc-N);
+# Linux takes socket paths of at most 107 bytes, so a longer temporary directory is not used.
+IPC_PATH_ROOM = 60
+
+
+def _kernel_dir_parent() -> str:
+    """Where kernel directories go: the temporary directory, or /tmp where its path is too long
+    for the kernel's sockets."""
+    base = tempfile.gettempdir()
+    if len(base) > IPC_PATH_ROOM and os.access("/tmp", os.W_OK):
+        return "/tmp"
+    return base
 
 
 @functools.cache
@@ -268,10 +280,11 @@ class Kernel(BlockSettings):
         if self.sandbox:
             find_bwrap()  # bubblewrap missing: say so before anything is made
         global _swept
+        parent = _kernel_dir_parent()
         if not _swept:  # once per process: what killed processes left behind
             _swept = True
-            remove_stale_dirs()
-        directory = tempfile.mkdtemp(prefix=f"kernel-bridge-{os.getpid()}-")
+            remove_stale_dirs(parent)
+        directory = tempfile.mkdtemp(prefix=f"kernel-bridge-{os.getpid()}-", dir=parent)
         self._tmpdirs.append(directory)
         settings = LaunchSettings(
             env=scrub_environment(os.environ, self.allow_env, self.extra_env),
