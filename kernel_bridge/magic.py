@@ -214,18 +214,20 @@ class CellRenderer:
             if self.comm:
                 self.comm.finish(None)
             return
-        # One view of the run remains: what streamed goes, and one output holds the whole run,
-        # as the trace (the extension's view) and as HTML (any other notebook viewer).
+        # One view of the run remains: what streamed goes; the trace (the extension's view) and
+        # the same run as HTML (any other notebook viewer) take its place.
         self._end_line()
         clear_output()
         summary = f"kernel-bridge · {run_summary(trace)} · trace {trace.id} in {self.trace_path}"
-        if trace.answer:
-            summary = f"{trace.answer}\n\n{summary}"
-        elif trace.finish_reason not in ("interrupted", "error"):  # those end the cell in a line
+        # The answer is in the HTML below, so a saved cell shows it once in any viewer.
+        if not trace.answer and trace.finish_reason not in ("interrupted", "error"):
             summary = f"no answer\n\n{summary}"
-        html = trace_html(trace, answer_only=not self.show_all)
+        # The run for viewers without the extension (nbviewer, GitHub, VS Code, nbconvert): an
+        # output of its own, since JupyterLab would prefer HTML to the trace within one bundle;
+        # the extension hides it (its root is div.kb-run). The trace ends the cell.
+        display({"text/html": trace_html(trace, answer_only=not self.show_all)}, raw=True)
         display(
-            {TRACE_MIME: trace.to_dict(), "text/html": html, "text/plain": summary},
+            {TRACE_MIME: trace.to_dict(), "text/plain": summary},
             raw=True,
             metadata={TRACE_MIME: {"trace_path": str(self.trace_path)}},
         )
