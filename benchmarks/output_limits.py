@@ -52,17 +52,7 @@ async def one(case: str, mode: str, seconds: float) -> dict[str, Any]:
         t0 = time.monotonic()
         result = await kernel.execute(code, timeout=120)
         elapsed = time.monotonic() - t0
-    step = Step(
-        index=0,
-        code=code,
-        status=result.status,
-        output_text=result.output_text,
-        outputs=[dict(o) for o in result.outputs],
-        execution_count=result.execution_count,
-        started=result.started,
-        duration_s=result.duration_s,
-        new_files=[],
-    )
+    step = Step.from_result(0, code, result)
     trace = Trace(model="m", sampler={"name": "bench"}, messages=[], steps=[step])
     return {
         "case": case,

@@ -431,19 +431,7 @@ class _Run:
 
     def _add_step(self, index: int, code: str, result: ExecutionResult) -> tuple[Step, str]:
         """Record a step and splice its output into the assistant turn."""
-        step = Step(
-            index=index,
-            code=code,
-            status=result.status,
-            output_text=result.output_text,
-            outputs=[dict(o) for o in result.outputs],
-            execution_count=result.execution_count,
-            started=result.started,
-            duration_s=result.duration_s,
-            new_files=result.new_files,
-            restarted=result.restarted,
-            background_output=result.background_output,
-        )
+        step = Step.from_result(index, code, result)
         self.trace.steps.append(step)
         text = self.r.profile.format_output(result.output_text or NO_OUTPUT)
         self._add_tool_segment(text)

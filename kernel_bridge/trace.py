@@ -307,6 +307,23 @@ class Step:
         return asdict(self)
 
     @classmethod
+    def from_result(cls, index: int, code: str, result: Any) -> Step:
+        """The step of block ``index`` from what running it gave (an ``ExecutionResult``)."""
+        return cls(
+            index=index,
+            code=code,
+            status=result.status,
+            output_text=result.output_text,
+            outputs=[dict(o) for o in result.outputs],
+            execution_count=result.execution_count,
+            started=result.started,
+            duration_s=result.duration_s,
+            new_files=result.new_files,
+            restarted=result.restarted,
+            background_output=result.background_output,
+        )
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "step") -> Step:
         _require(data, _STEP_REQUIRED, where)
         fields = {key: data[key] for key in _STEP_REQUIRED}
