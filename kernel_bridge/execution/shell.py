@@ -170,7 +170,6 @@ class ShellExecutor(BlockSettings):
             capture = stack.enter_context(_Capture(self.shell, collector, echo=self.echo))
             previous = signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
-                watchdog.start()
                 try:
                     status = self._run_block(text, capture, watchdog)
                 finally:
@@ -195,13 +194,22 @@ class ShellExecutor(BlockSettings):
             return "error"
         last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
         try:
-            if tree.body:
-                block = compile(tree, filename, "exec", dont_inherit=True)
+            block = compile(tree, filename, "exec", dont_inherit=True) if tree.body else None
+            expression = (
+                None
+                if last is None
+                else compile(ast.Expression(last.value), filename, "eval", dont_inherit=True)
+            )
+        except Exception as e:
+            capture.error(e)
+            return "error"
+        # The deadline counts the block's own time: started here, a slow transform or compile on
+        # a busy machine can neither eat the budget nor be interrupted outside the block's frames.
+        watchdog.start()
+        try:
+            if block is not None:
                 exec(block, shell.user_global_ns, shell.user_ns)
-            if last is not None:
-                expression = compile(
-                    ast.Expression(last.value), filename, "eval", dont_inherit=True
-                )
+            if expression is not None:
                 value = eval(expression, shell.user_global_ns, shell.user_ns)
                 if value is not None and not source.rstrip().endswith(";"):
                     capture.result(value)
