@@ -286,17 +286,13 @@ def save_adapter(
     """Write the LoRA weights of a training checkpoint (or run directory) as one adapter file:
     ``<module>.lora_A`` / ``.lora_B`` in bfloat16, with rank, alpha and ``info`` as metadata."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     source = _checkpoint_weights(Path(checkpoint))
     state = _read_state(source.parent)
-    weights = load_file(str(source))
     tensors = {
-        _module_name(name.split(".lora_")[0]) + (".lora_A" if ".lora_A" in name else ".lora_B"): (
-            tensor.to(torch.bfloat16).contiguous()
-        )
-        for name, tensor in weights.items()
-        if ".lora_A" in name or ".lora_B" in name
+        name: tensor.to(torch.bfloat16).contiguous()
+        for name, tensor in read_lora_weights(source).items()
     }
     meta = {"rank": str(state["lora_rank"]), "alpha": str(state["lora_alpha"]), **info}
     meta["base"] = GGUF_SHA256
@@ -304,6 +300,31 @@ def save_adapter(
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(dest), metadata=meta)
     return dest
+
+
+def read_lora_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The LoRA matrices of an adapter file, checkpoint or run directory, named
+    ``<module>.lora_A`` / ``<module>.lora_B`` whichever way the file names them."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    source = Path(path).expanduser()
+    if source.is_dir():
+        source = _checkpoint_weights(source)
+    try:
+        weights = load_file(str(source))
+    except (SafetensorError, OSError) as e:
+        raise EmbeddedModelError(f"{source} is not a safetensors LoRA adapter ({e})") from None
+    tensors = {
+        _module_name(name.split(".lora_")[0]) + (".lora_A" if ".lora_A" in name else ".lora_B"): (
+            tensor
+        )
+        for name, tensor in weights.items()
+        if ".lora_A" in name or ".lora_B" in name
+    }
+    if not tensors:
+        raise EmbeddedModelError(f"{source} holds no LoRA weights (lora_A / lora_B)")
+    return tensors
 
 
 def _checkpoint_weights(path: Path) -> Path:

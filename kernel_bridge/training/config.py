@@ -40,6 +40,10 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target: str = "all-linear"
+    # Start the LoRA weights from a trained adapter instead of zero: an adapter file, a checkpoint
+    # directory or a run's out_dir, of the same rank, alpha and targets (a second stage of a run,
+    # with a fresh optimizer; the result is still one adapter on the untouched model).
+    lora_init: str = ""
     gradient_checkpointing: bool = False
 
     # -- tasks -------------------------------------------------------------------------------
@@ -123,6 +127,8 @@ class TrainConfig:
         for name in (*positive, "micro_batch_size", "pool_size", "updates_per_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lora_init and not self.lora:
+            raise ConfigError("lora_init needs lora = true: it names the adapter LoRA starts from")
         if self.group_size < 2 and not self.traces:
             raise ConfigError(
                 f"group_size must be at least 2, got {self.group_size}: GRPO's advantage compares "

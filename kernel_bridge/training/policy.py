@@ -138,7 +138,41 @@ def add_lora(model: Any, config: TrainConfig) -> Any:
         target_modules=target,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    if config.lora_init:
+        init_lora(model, config.lora_init)
+    return model
+
+
+def init_lora(model: Any, source: str) -> None:
+    """Copy the LoRA A/B weights of a trained adapter (file, checkpoint or run directory) into
+    ``model``'s fresh adapters; every adapted layer must be found with the same shapes."""
+    from kernel_bridge.embedded import EmbeddedModelError, read_lora_weights
+
+    try:
+        weights = read_lora_weights(source)
+    except EmbeddedModelError as e:
+        raise ConfigError(f"lora_init: {e}") from None
+    params = {
+        name.removeprefix("base_model.model.").replace(".default.weight", ""): p
+        for name, p in model.named_parameters()
+        if ".lora_A." in name or ".lora_B." in name
+    }
+    missing = sorted(set(params) - set(weights))
+    unknown = sorted(set(weights) - set(params))
+    if missing or unknown:
+        raise ConfigError(
+            f"lora_init: {source} does not fit this model's adapters ({len(missing)} missing, "
+            f"e.g. {missing[:1]}; {len(unknown)} unknown, e.g. {unknown[:1]}): same lora_target?"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            if weights[name].shape != p.shape:
+                raise ConfigError(
+                    f"lora_init: {name} is {tuple(weights[name].shape)} in {source}, "
+                    f"{tuple(p.shape)} here: same lora_rank?"
+                )
+            p.copy_(weights[name].to(p.dtype))
 
 
 def trainable_parameters(model: Any) -> dict[str, torch.Tensor]:
