@@ -311,6 +311,8 @@ def read_lora_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     source = Path(path).expanduser()
     if source.is_dir():
         source = _checkpoint_weights(source)
+    if not source.is_file():
+        raise EmbeddedModelError(f"no LoRA adapter at {source}")
     try:
         weights = load_file(str(source))
     except (SafetensorError, OSError) as e:

@@ -587,3 +587,32 @@ def test_the_example_task_file_loads():
     train, heldout = split_tasks(tasks)
     assert train and heldout
     assert any(t.tools == "finance" and t.cutoff for t in tasks)
+
+
+# -- a second stage: LoRA from a trained adapter ----------------------------------------------
+
+
+def test_lora_init_starts_the_adapters_from_a_checkpoint_and_rejects_another_rank(tmp_path):
+    from safetensors.torch import save_file
+
+    from kernel_bridge.training.policy import load_policy, trainable_parameters
+
+    first, _ = load_policy(TrainConfig(model="tiny", lora=True, lora_rank=4, progress=False))
+    torch.manual_seed(3)
+    trained = {n: torch.randn_like(p) for n, p in trainable_parameters(first).items()}
+    checkpoint = tmp_path / "checkpoints" / "step-000002"
+    checkpoint.mkdir(parents=True)
+    save_file(trained, str(checkpoint / "weights.safetensors"))  # as the trainer writes it
+
+    config = TrainConfig(model="tiny", lora=True, lora_rank=4, lora_init=str(tmp_path))
+    second, _ = load_policy(config)
+    started = trainable_parameters(second)
+    assert started.keys() == trained.keys()
+    assert all(torch.equal(started[n], trained[n]) for n in trained)
+
+    with pytest.raises(ConfigError, match="same lora_rank"):
+        load_policy(TrainConfig(model="tiny", lora=True, lora_rank=2, lora_init=str(tmp_path)))
+    with pytest.raises(ConfigError, match="lora_init needs lora = true"):
+        TrainConfig(model="tiny", lora_init=str(tmp_path))
+    with pytest.raises(ConfigError, match="no LoRA adapter at"):
+        load_policy(TrainConfig(model="tiny", lora=True, lora_init=str(tmp_path / "nothing")))
