@@ -379,6 +379,20 @@ def test_a_turn_that_ends_without_an_answer_says_so(notebook, trace_file):
     assert "no_answer · 1 block" in page.data["text/html"]
 
 
+def test_a_block_that_ignores_the_interrupt_is_stopped_in_shared_mode(notebook, trace_file):
+    notebook.reason(
+        f"--timeout 1 --model {script('magic_ignores_sigint.txt')} --trace {trace_file}", "Spin."
+    )
+    trace = last_trace(trace_file)
+    assert [step.status for step in trace.steps] == ["timeout", "ok"]
+    assert "BlockTimeout: the block ignored the interrupt" in trace.steps[0].output_text
+    assert trace.steps[1].output_text == "still here True"
+    # The block's SIG_IGN did not stay: the notebook's own Stop still works afterwards.
+    assert printed(notebook.run("import signal; print(signal.getsignal(signal.SIGINT))")) == (
+        "<built-in function default_int_handler>\n"
+    )
+
+
 def test_timeout_in_shared_mode_stops_loops_and_sleeps_and_keeps_variables(notebook, trace_file):
     notebook.run("data = [1, 2, 3]")
     t0 = time.monotonic()

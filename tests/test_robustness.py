@@ -167,3 +167,59 @@ def test_shared_mode_keeps_an_earlier_threads_prints_out_of_the_block(shell):
     assert "from the thread" in result.background_output
     assert len(result.background_output) < executor.output_limits.background_cap + 100
     assert "not from this block" in result.output_text
+
+
+# -- issue 16, item 12: a shared-mode block that will not stop at the interrupt -------------------
+
+
+def test_a_block_that_ignores_sigint_is_stopped_by_an_exception_raised_in_it(shell):
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    executor = ShellExecutor(shell=shell, echo=False, interrupt_grace=0.2)
+    result = executor.run(
+        "import signal\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "spins = 0\n"
+        "while True:\n"
+        "    spins += 1\n",
+        timeout=0.3,
+    )
+    assert result.status == "timeout"
+    assert "BlockTimeout: the block ignored the interrupt at its deadline" in result.output_text
+    assert "----> 4 while True:" in result.output_text or "----> 5" in result.output_text
+    assert signal.getsignal(signal.SIGINT) is handler  # the block's SIG_IGN did not stay
+    assert executor.run("print(spins > 0)").stdout == "True\n"  # the kernel goes on
+
+
+def test_a_block_that_swallows_keyboard_interrupt_is_stopped(shell):
+    executor = ShellExecutor(shell=shell, echo=False, interrupt_grace=0.2)
+    result = executor.run(
+        "while True:\n    try:\n        while True:\n            pass\n"
+        "    except KeyboardInterrupt:\n        pass\n",
+        timeout=0.3,
+    )
+    assert result.status == "timeout"
+    assert "BlockTimeout" in result.output_text
+
+
+def test_when_nothing_stops_a_block_the_cell_says_so_plainly(shell, capsys):
+    executor = ShellExecutor(shell=shell, echo=False, interrupt_grace=0.2)
+    result = executor.run(  # refuses everything for 2 s, then ends by itself
+        "import time\n"
+        "end = time.monotonic() + 2\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        "        while time.monotonic() < end:\n"
+        "            pass\n"
+        "    except BaseException:\n"
+        "        pass\n"
+        "print('over')",
+        timeout=0.3,
+    )
+    told = capsys.readouterr().err  # the cell's own stream: not part of the block's output
+    assert "ignores both the interrupt and the exception raised in it" in told
+    assert "restart the kernel" in told and "--isolated" in told
+    assert told.count("kernel-bridge: this block has run") == 1
+    assert result.stdout == "over\n"
+    assert executor.run("print('next')").stdout == "next\n"  # nothing pending is left behind

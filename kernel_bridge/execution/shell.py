@@ -6,11 +6,15 @@ it builds stays for the user. IPython, matplotlib and user code expect the main 
 runs there: ``execute()`` (a coroutine, awaited on any event loop) hands the block to the main
 thread through ``submit`` and waits; ``run()`` is the synchronous body, called on the main thread.
 
-Timeouts: a watchdog thread sends SIGINT to the main thread at the deadline (and again every
-``interrupt_grace`` seconds while the block still runs); Python raises KeyboardInterrupt in the
-running code, even inside ``time.sleep``. Code that swallows KeyboardInterrupt, or sits in C code
-that never returns to the interpreter, cannot be stopped in-process: run it with ``--isolated``
-(a ``Kernel``, which is interrupted and, failing that, restarted).
+Timeouts: a watchdog thread sends SIGINT to the main thread at the deadline; Python raises
+KeyboardInterrupt in the running code, even inside ``time.sleep``. A block still running
+``interrupt_grace`` seconds later (it ignores SIGINT or swallows KeyboardInterrupt) gets
+``BlockTimeout`` raised in its thread, again every ``interrupt_grace`` seconds; a pure-Python loop
+cannot refuse it. Code that catches BaseException, or sits in C code that never returns to the
+interpreter, cannot be stopped in-process: after three tries the cell says so plainly (restart the
+kernel). Run such code with ``--isolated`` (a ``Kernel``, which is interrupted and, failing that,
+restarted). Shared mode cannot protect the notebook's kernel from a crash in C code either (a
+segfault, ``os._exit``) or from a block that eats its memory.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import base64
 import builtins
 import concurrent.futures
 import contextlib
+import ctypes
 import getpass
 import io
 import itertools
@@ -77,7 +82,9 @@ class ShellExecutor(BlockSettings):
     """
 
     interrupt_grace = Seconds(
-        3.0, help="Seconds between repeated interrupts of a block that outlives its deadline."
+        3.0,
+        help="Seconds after the deadline's interrupt before BlockTimeout is raised in a block "
+        "that ignored it (and between further tries).",
     ).tag(config=True)
     echo = Bool(True, help="Also show the outputs in the running cell, as they happen.").tag(
         config=True
@@ -162,18 +169,21 @@ class ShellExecutor(BlockSettings):
             return ExecutionResult.refused(problem, started)
         timeout = self.timeout if timeout is None else timeout
         collector = OutputCollector(self.output_limits, on_output)
-        watchdog = _Watchdog(timeout, self.interrupt_grace)
         t0 = time.monotonic()
         with contextlib.ExitStack() as stack:
             for guard in self._guards:
                 stack.enter_context(guard.enabled())
             capture = stack.enter_context(_Capture(self.shell, collector, echo=self.echo))
+            watchdog = _Watchdog(timeout, self.interrupt_grace, notify=capture.stderr.write)
             previous = signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
                 try:
                     status = self._run_block(text, capture, watchdog)
                 finally:
                     watchdog.stop()
+            except BlockTimeout:  # raised after the block's own frames ended, before stop()
+                watchdog.stop()
+                status = "timeout"
             finally:
                 signal.signal(signal.SIGINT, previous)
         duration = time.monotonic() - t0
@@ -217,6 +227,11 @@ class ShellExecutor(BlockSettings):
         except KeyboardInterrupt as e:
             if not watchdog.claim():
                 raise  # the user's Stop: the caller ends the run
+            watchdog.stop()  # before the traceback is formatted (slow), not during it
+            capture.error(e)
+            return "timeout"
+        except BlockTimeout as e:  # the watchdog's escalation: the interrupt did not stop it
+            watchdog.stop()
             capture.error(e)
             return "timeout"
         except BaseException as e:  # what the code raised (SystemExit included) is its output
@@ -281,21 +296,63 @@ def interrupt_main_thread() -> None:
         _thread.interrupt_main()
 
 
-class _Watchdog:
-    """Interrupts the main thread at the deadline, then every ``grace`` seconds until stopped.
+class BlockTimeout(BaseException):
+    """Raised inside a block that outlived its deadline and did not stop at the interrupt (it
+    ignores SIGINT or swallows KeyboardInterrupt). A BaseException, like KeyboardInterrupt, so
+    that ``except Exception`` in the block does not swallow it."""
 
-    It counts the interrupts it sent, so a KeyboardInterrupt can be told apart from the user's.
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("the block ignored the interrupt at its deadline",)))
+
+
+def _raise_in_main_thread(exc: type[BaseException]) -> None:
+    """Make the main thread raise ``exc`` at its next bytecode.
+
+    CPython's PyThreadState_SetAsyncExc: it reaches a pure-Python loop whatever its signal
+    handlers, but not C code until that code returns to the interpreter."""
+    ident = threading.main_thread().ident
+    assert ident is not None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
+
+
+def _take_back_raise_in_main_thread() -> None:
+    """Cancel an exception ``_raise_in_main_thread`` asked for that has not been raised yet."""
+    ident = threading.main_thread().ident
+    assert ident is not None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+
+
+class _Watchdog:
+    """Stops the main thread's block at the deadline, escalating while it does not stop.
+
+    At the deadline: SIGINT (KeyboardInterrupt, even inside ``time.sleep``). Then every ``grace``
+    seconds while the block runs: ``BlockTimeout`` raised in the main thread, which a loop that
+    ignores SIGINT or catches KeyboardInterrupt cannot refuse. After ``patience`` such tries it
+    says once, through ``notify``, that nothing works: in a notebook's own kernel only a restart
+    is left. It counts the interrupts it sent, so a KeyboardInterrupt can be told apart from the
+    user's.
     """
 
-    def __init__(self, timeout: float, grace: float) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        grace: float,
+        notify: Callable[[str], object] | None = None,
+        patience: int = 3,
+    ) -> None:
         self.timeout = timeout
         self.grace = max(grace, 0.1)
+        self.notify = notify
+        self.patience = patience
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._started = 0.0
         self.sent = 0
         self.claimed = 0
+        self.escalations = 0
 
     def start(self) -> None:
+        self._started = time.monotonic()
         threading.Thread(target=self._watch, daemon=True, name="kernel-bridge-watchdog").start()
 
     def _watch(self) -> None:
@@ -304,9 +361,24 @@ class _Watchdog:
             with self._lock:
                 if self._stopped.is_set():
                     return
-                self.sent += 1
-                interrupt_main_thread()
+                if self.sent == 0:
+                    self.sent += 1
+                    interrupt_main_thread()
+                else:
+                    self.escalations += 1
+                    _raise_in_main_thread(BlockTimeout)
+            if self.escalations == self.patience and self.notify is not None:
+                self.notify(self._nothing_works())
             wait = self.grace
+
+    def _nothing_works(self) -> str:
+        return (
+            f"\nkernel-bridge: this block has run {time.monotonic() - self._started:.0f} s, past "
+            f"its {self.timeout:g} s deadline, and ignores both the interrupt and the exception "
+            "raised in it (it catches BaseException, or waits inside C code). In the notebook's "
+            "own kernel nothing else can stop it: restart the kernel (its variables are lost), "
+            "and run code like this with %%reason --isolated.\n"
+        )
 
     def claim(self) -> bool:
         """A KeyboardInterrupt arrived: True if this watchdog sent it, False if someone else did."""
@@ -316,17 +388,22 @@ class _Watchdog:
         return False
 
     def stop(self) -> None:
-        """Stop watching; an interrupt already sent but not yet delivered is absorbed here."""
+        """Stop watching (again: no harm); an interrupt or exception already sent but not yet
+        delivered is absorbed (or taken back) here."""
         while True:
             try:
                 with self._lock:
                     self._stopped.set()
-                if self.claimed < self.sent:
+                    if self.escalations:
+                        _take_back_raise_in_main_thread()
+                if self.claimed < self.sent and not self.escalations:
                     time.sleep(1.0)  # the signal is on its way; it arrives in microseconds
                 return
             except KeyboardInterrupt:
                 if not self.claim():
                     raise
+            except BlockTimeout:
+                pass  # raised before it could be taken back: the block is over
 
 
 class _TeeStream(io.TextIOBase):
@@ -582,4 +659,10 @@ def _json_bundle(data: dict[str, Any]) -> dict[str, Any]:
     return bundle
 
 
-__all__ = ["ShellExecutor", "ShellJob", "StdinDisabledError", "interrupt_main_thread"]
+__all__ = [
+    "BlockTimeout",
+    "ShellExecutor",
+    "ShellJob",
+    "StdinDisabledError",
+    "interrupt_main_thread",
+]
