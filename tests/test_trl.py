@@ -21,6 +21,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from kernel_bridge.execution.sandbox import sandbox_problem
 from kernel_bridge.reasoner import Limits
 from kernel_bridge.samplers import Delta, SampleRequest
 from kernel_bridge.samplers.scripted import ScriptedSampler
@@ -200,6 +201,9 @@ def test_trl_trainer_trains_on_kernel_rollouts_with_tool_tokens_masked(tmp_path)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with rollouts:
         trainer.train()
+        # Local rollout kernels are sandboxed wherever bubblewrap works, as the trainer's are.
+        assert rollouts.pool is not None
+        assert rollouts.pool.kernel_options["sandbox"] is (sandbox_problem() is None)
 
     # Two steps, each a generation batch of 2 prompts x 2 completions; every task ran.
     assert len(trainer.batches) == 2
@@ -364,6 +368,7 @@ def test_rollouts_run_their_blocks_on_a_kernel_gateway(kernel_gateway):
         out = rollouts([TASKS[0].question], trainer)
         assert rollouts.pool is not None
         assert rollouts.pool.kernel_options["url"] == kernel_gateway.url
+        assert "sandbox" not in rollouts.pool.kernel_options  # the gateway's own limits apply
     (trace,) = out["trace"]
     assert [s.status for s in trace.steps] == ["ok"] and trace.steps[0].output_text == "42"
     assert out["answer"] == ["42"] and out["task"] == [TASKS[0]]

@@ -55,8 +55,9 @@ class KernelRollouts:
     whose question (its last user message) is one of ``tasks``' gets that task's tools in its
     kernel, and the task goes to the reward functions (``correct`` needs it). ``settings``
     defaults to ``Limits(max_tokens=max_completion_length)``, the default system prompt and all
-    rollouts at once. ``pool_size`` warm kernels; ``kernel_options`` go to every ``Kernel``
-    (``url`` and ``token`` for a Kernel Gateway, ``memory_limit``, …). ``traces`` appends
+    rollouts at once. ``pool_size`` warm kernels, local ones sandboxed where bubblewrap works
+    (``settings.sandbox``); ``kernel_options`` go to every ``Kernel`` (``url`` and ``token`` for
+    a Kernel Gateway, ``sandbox``, ``memory_limit``, …). ``traces`` appends
     every trace to a ``.jsonl`` file.
     """
 
@@ -113,7 +114,10 @@ class KernelRollouts:
     async def _run_all(self, prompts: list[Prompt]) -> list[Trace]:
         assert self.sampler is not None and self.settings is not None
         if self.pool is None:
-            self.pool = await KernelPool(size=self.pool_size, **self.kernel_options).start()
+            options = dict(self.kernel_options)
+            if "url" not in options:  # local kernels: sandboxed where bubblewrap works, as the
+                options = {**self.settings.kernel_options(), **options}  # trainer's rollouts are
+            self.pool = await KernelPool(size=self.pool_size, **options).start()
         pool, sampler, settings = self.pool, self.sampler, self.settings
         gate = asyncio.Semaphore(settings.concurrency or len(prompts))
 
