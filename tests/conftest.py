@@ -103,6 +103,19 @@ class Gateway:
     token: str
 
 
+@pytest.fixture
+def shell(tmp_path):
+    """An IPython shell in this process (as a notebook's kernel has), removed afterwards."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=config, ipython_dir=str(tmp_path))
+    yield shell
+    InteractiveShell.clear_instance()
+
+
 @pytest.fixture(scope="module")
 def kernel_gateway():
     """A real Jupyter Kernel Gateway on 127.0.0.1 (token auth), for the tests of that module."""

@@ -20,19 +20,6 @@ DESTROY_A_PENDING_TASK = (
 )
 
 
-@pytest.fixture
-def shell(tmp_path):
-    """An IPython shell in this process (as a notebook's kernel has), removed afterwards."""
-    from IPython.core.interactiveshell import InteractiveShell
-    from traitlets.config import Config
-
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    shell = InteractiveShell.instance(config=config, ipython_dir=str(tmp_path))
-    yield shell
-    InteractiveShell.clear_instance()
-
-
 class _LastResort(logging.Handler):
     """Writes to whatever ``sys.stderr`` is now, as logging's last resort does in a kernel."""
 

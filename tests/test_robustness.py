@@ -135,19 +135,6 @@ def test_a_saved_trace_line_is_bounded_per_step_and_per_run():
 # -- issue 16, item 8: background output belongs to no block --------------------------------------
 
 
-@pytest.fixture
-def shell(tmp_path):
-    """An IPython shell in this process (as a notebook's kernel has), removed afterwards."""
-    from IPython.core.interactiveshell import InteractiveShell
-    from traitlets.config import Config
-
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    shell = InteractiveShell.instance(config=config, ipython_dir=str(tmp_path))
-    yield shell
-    InteractiveShell.clear_instance()
-
-
 def test_shared_mode_keeps_an_earlier_threads_prints_out_of_the_block(shell):
     executor = ShellExecutor(shell=shell, echo=False)
     started = executor.run(
