@@ -1,0 +1,49 @@
+"""Write configs/tier2-curriculum.jsonl: the tasks of stage two (configs/cpu-0.5b-tier2.toml).
+
+Every built-in tier-2 task, as it is (its 4 training and 6 held-out instances per template), plus
+each training instance of the five templates the first stage never solved once more, with one
+sentence that names the step the model kept getting wrong (the k-th prime is not k; the largest
+value, not the last; every square divisor, not the square root; ...). Those hinted questions are
+training tasks only: every held-out task is a built-in one, word for word, so the evaluation asks
+exactly what the first stage was evaluated on.
+
+    python configs/make_tier2_curriculum.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from kernel_bridge.training.tasks import builtin_tasks, write_tasks
+
+HINTS = {
+    "prime_digits": "p is not k itself: find the k-th prime first (count primes from 2), then "
+    "cube it and add up the digits of the cube.",
+    "divisor_fibonacci": "First count the divisors (every d from 1 to n with n % d == 0), then "
+    "compute the k-th Fibonacci number with that k.",
+    "square_divisors": "Go through every divisor d of the number and keep each d that is a "
+    "perfect square (math.isqrt(d) ** 2 == d); answer with all of them.",
+    "collatz_peak": "Keep the maximum of every value along the way (peak = max(peak, n)) and "
+    "print the maximum, not the final 1.",
+    "weekday_after": "Use datetime: (date(y, m, d) + timedelta(days=...)).strftime('%A').",
+}
+
+
+def curriculum() -> list:
+    tasks = builtin_tasks([2])
+    hinted = [
+        dataclasses.replace(
+            task, id=f"{task.id}-hint", question=f"{task.question} Hint: {HINTS[template]}"
+        )
+        for task in tasks
+        if task.split == "train" and (template := task.id.split("-")[1]) in HINTS
+    ]
+    return tasks + hinted
+
+
+if __name__ == "__main__":
+    out = Path(__file__).with_name("tier2-curriculum.jsonl")
+    tasks = curriculum()
+    write_tasks(tasks, out)
+    print(f"{out}: {len(tasks)} tasks ({sum(t.split == 'heldout' for t in tasks)} held out)")
