@@ -616,3 +616,23 @@ def test_lora_init_starts_the_adapters_from_a_checkpoint_and_rejects_another_ran
         TrainConfig(model="tiny", lora_init=str(tmp_path))
     with pytest.raises(ConfigError, match="no LoRA adapter at"):
         load_policy(TrainConfig(model="tiny", lora=True, lora_init=str(tmp_path / "nothing")))
+
+
+def test_the_tier2_curriculum_holds_out_the_builtin_tasks_word_for_word():
+    import importlib.util
+    from pathlib import Path
+
+    from kernel_bridge.training.tasks import builtin_tasks, load_tasks
+
+    path = Path(__file__).parents[1] / "configs" / "make_tier2_curriculum.py"
+    spec = importlib.util.spec_from_file_location("make_tier2_curriculum", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tasks = module.curriculum()
+    assert load_tasks(path.with_name("tier2-curriculum.jsonl")) == tasks  # the committed file
+    heldout = [t for t in tasks if t.split == "heldout"]
+    assert heldout == [t for t in builtin_tasks([2]) if t.split == "heldout"]
+    hinted = [t for t in tasks if "Hint:" in t.question]
+    assert len(hinted) == 5 * 4 and all(t.split == "train" for t in hinted)
+    assert {t.question.split(" Hint:")[0] for t in hinted} <= {t.question for t in tasks}
