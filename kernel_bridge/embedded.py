@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel_bridge.errors import UserError
+from kernel_bridge.loading import Progress, counting, report
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +54,9 @@ _COPY_BLOCK = 4 << 20
 CONVERSION_NOTICE = (
     "kernel-bridge: converting the embedded model once (up to 2 min on 2 CPU cores)…"
 )
+# What a load reports through ``progress`` (kernel_bridge.loading), per stage.
+CONVERTING_MESSAGE = "Converting the embedded model (first time only, up to 2 min)…"
+LOADING_MESSAGE = "Loading the embedded model…"
 
 
 class EmbeddedModelError(UserError, RuntimeError):
@@ -161,6 +165,7 @@ def load_embedded(
     dtype: str | torch.dtype = "int8",
     cache_dir: str | os.PathLike[str] | None = None,
     adapter: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Any, Any]:
     """Load the embedded model (eval mode, CPU) and its tokenizer; convert the GGUF the first time.
 
@@ -173,8 +178,12 @@ def load_embedded(
     ``adapter``: a LoRA adapter (``load_adapter``) merged into the weights before they are
     quantized; ``None`` is the untouched model (``local-base``).
 
-    The libraries' progress bars stay off; a conversion announces itself with one line on stderr.
+    ``progress`` gets a ``LoadStatus`` (``kernel_bridge.loading``) as the conversion and the load
+    go: the front end shows it. It may raise to stop the load (``LoadStopped``); a conversion cut
+    short leaves nothing behind. Without it, a conversion announces itself with one line on
+    stderr. The libraries' progress bars stay off either way.
     """
+    report(progress, "loading", LOADING_MESSAGE, None)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -184,19 +193,28 @@ def load_embedded(
     target = converted_dir(cache_dir)
     with _progress_bars_off():
         if not _is_converted(target):
-            print(CONVERSION_NOTICE, file=sys.stderr, flush=True)
-            _convert(target, cache_dir)
+            if progress is None:
+                print(CONVERSION_NOTICE, file=sys.stderr, flush=True)
+            _convert(target, cache_dir, progress)
             _release_freed_memory()
+        report(progress, "loading", LOADING_MESSAGE, 0.0)
         tokenizer = AutoTokenizer.from_pretrained(target)
+        report(progress, "loading", LOADING_MESSAGE, 0.1)
         # The safetensors are bfloat16: loading in that dtype maps the file instead of copying it.
         model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype)
+        report(progress, "loading", LOADING_MESSAGE, 0.3)
     unknown = sorted(set(deltas) - {n for n, m in model.named_modules() if _is_linear(m)})
     if unknown:
         raise EmbeddedModelError(
             f"the adapter {adapter} adapts layers this model does not have ({unknown[0]}, …)"
         )
     if int8:
-        _use_int8_linears(model, target / _INT8_WEIGHTS, deltas)
+        _use_int8_linears(
+            model,
+            target / _INT8_WEIGHTS,
+            deltas,
+            counting(progress, "loading", LOADING_MESSAGE, 0.3, 1),
+        )
         model.float()  # embeddings and norms; the int8 kernel takes float32 input
         model.config.dtype = torch.float32
     else:
@@ -205,6 +223,7 @@ def load_embedded(
                 weight = typing.cast("torch.Tensor", model.get_submodule(name).weight)
                 weight.copy_(weight.float() + delta.float())
     model.eval()
+    report(progress, "loading", LOADING_MESSAGE, 1.0)
     return model, tokenizer
 
 
@@ -522,18 +541,25 @@ def _is_converted(target: Path) -> bool:
     return meta.get("source_sha256") == GGUF_SHA256 and meta.get("format") == _CONVERSION_FORMAT
 
 
-def _convert(target: Path, cache_dir: str | os.PathLike[str] | None) -> None:
+def _convert(
+    target: Path, cache_dir: str | os.PathLike[str] | None, progress: Progress | None = None
+) -> None:
     """De-quantize the GGUF once and save it as safetensors, atomically (temp dir, then rename)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    report(progress, "converting", CONVERTING_MESSAGE, 0.0)
     source = gguf_path(cache_dir)
-    with _shared_gguf_reader():
+    report(progress, "converting", CONVERTING_MESSAGE, 0.05)
+    dequantizing = counting(progress, "converting", CONVERTING_MESSAGE, 0.2, 0.8)
+    with _shared_gguf_reader(), _progress_bars_off(dequantizing):
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        report(progress, "converting", CONVERTING_MESSAGE, 0.2)
         # bfloat16, the dtype the safetensors keep: loading in float32 peaks 1.5 GB higher.
         model: Any = AutoModelForCausalLM.from_pretrained(
             source.parent, gguf_file=source.name, dtype=torch.bfloat16, **_dequantized()
         )
+    report(progress, "converting", CONVERTING_MESSAGE, 0.8)
     meta = {
         "model": EMBEDDED_MODEL_ID,
         "source": GGUF_NAME,
@@ -614,12 +640,13 @@ def _dequantized() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _progress_bars_off() -> Iterator[None]:
+def _progress_bars_off(dequantizing: Any = None) -> Iterator[None]:
     """No transformers progress bars inside the block; the previous setting comes back after.
 
     ``disable_progress_bar`` covers the bars drawn through transformers' own tqdm ("Loading
     weights", "Writing model shards"); the GGUF de-quantizer calls tqdm directly, so for the block
-    it calls transformers' instead.
+    it calls ``dequantizing`` instead (a ``loading.counting`` that reports its progress), else
+    transformers' tqdm.
     """
     from transformers import modeling_gguf_pytorch_utils as gguf_loading
     from transformers.utils import logging as hf_logging
@@ -629,7 +656,7 @@ def _progress_bars_off() -> Iterator[None]:
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     if original is not None:
-        module.tqdm = hf_logging.tqdm
+        module.tqdm = dequantizing or hf_logging.tqdm
     try:
         yield
     finally:
@@ -651,10 +678,14 @@ def _int8_weights(model: Any) -> dict[str, torch.Tensor]:
 
 
 def _use_int8_linears(
-    model: Any, path: Path, deltas: dict[str, torch.Tensor] | None = None
+    model: Any,
+    path: Path,
+    deltas: dict[str, torch.Tensor] | None = None,
+    packing: Any = None,
 ) -> None:
     """Swap every ``nn.Linear`` of ``model`` for an ``Int8Linear`` with the weights in ``path``;
-    a layer with an adapter's ``deltas`` is quantized from its float weight plus the delta."""
+    a layer with an adapter's ``deltas`` is quantized from its float weight plus the delta.
+    ``packing`` (a ``loading.counting``) reports the layers packed, and may stop the packing."""
     import torch
     from safetensors.torch import safe_open
 
@@ -677,7 +708,13 @@ def _use_int8_linears(
     # Packing is most of the load time; the op releases the GIL, so threads divide it.
     workers = max(1, min(4, os.cpu_count() or 1))
     with safe_open(str(path), framework="pt") as f, ThreadPoolExecutor(workers) as pool:
-        packed = list(pool.map(pack, linears))
+        futures = [pool.submit(pack, item) for item in linears]
+        try:
+            packed = [future.result() for future in (packing or iter)(futures)]
+        except BaseException:  # stopped: the layers not started yet are not packed
+            for future in futures:
+                future.cancel()
+            raise
     for (name, _), module in zip(linears, packed, strict=True):
         model.set_submodule(name, module)
 

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from kernel_bridge import settings
 from kernel_bridge.errors import UserError
+from kernel_bridge.loading import Progress, report
 from kernel_bridge.trace import Segment
 
 
@@ -116,7 +117,12 @@ def _is_api_model(model: str) -> bool:
     return "/" in model and not model.startswith(prefixes)
 
 
-def make_sampler(model: str | None = None, *, reasoning_effort: str | None = None) -> Sampler:
+def make_sampler(
+    model: str | None = None,
+    *,
+    reasoning_effort: str | None = None,
+    progress: Progress | None = None,
+) -> Sampler:
     """The sampler a model string names.
 
     ``local`` (the embedded Qwen2.5-Coder-0.5B with the shipped GRPO adapter), ``local-base``
@@ -131,6 +137,10 @@ def make_sampler(model: str | None = None, *, reasoning_effort: str | None = Non
     ``reasoning_effort`` (``none``, ``low``, ``medium``, ``high``) asks an API model to think
     (LiteLLM maps it to each provider's switch); local and served models think as their chat
     template says, so for them it is refused.
+
+    ``progress`` gets a ``LoadStatus`` as the model loads (``kernel_bridge.loading``): at once for
+    every model that is not a script, then the stages of a local model's load (converting the
+    first time, loading); it may raise ``LoadStopped`` to stop the load.
     """
     model = resolve_model(model).strip()
     if reasoning_effort is not None:
@@ -147,11 +157,12 @@ def make_sampler(model: str | None = None, *, reasoning_effort: str | None = Non
     if model.startswith("scripted:"):
         from kernel_bridge.samplers.scripted import ScriptedSampler
 
-        return ScriptedSampler.from_file(model.removeprefix("scripted:"))
+        return ScriptedSampler.from_file(model.removeprefix("scripted:"), progress=progress)
+    report(progress, "loading", f"Loading model {model}…", None)
     if model in ("local", "local-base") or model.startswith("local:"):
         from kernel_bridge.samplers.transformers import TransformersSampler
 
-        return TransformersSampler.embedded(variant=model)
+        return TransformersSampler.embedded(variant=model, progress=progress)
     if model.startswith("hf:"):
         from kernel_bridge.samplers.transformers import TransformersSampler
 

@@ -8,16 +8,21 @@ the script itself contains are skipped, since the real output takes their place.
 A script may hold several turns, one per question, each after a line ``=== question: TEXT``: a run
 replays the first turn whose TEXT its question contains (case-insensitive). That is how a notebook
 with several ``%%reason`` cells replays a recorded session with one model string.
+
+A first line ``=== load: SECONDS`` makes the stand-in take that long to load, reporting progress as
+a real model's load does (``kernel_bridge.loading``): how a front end's cold start is tested.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
+from kernel_bridge.loading import Progress, report
 from kernel_bridge.samplers import Delta, ModelSpecError, SampleRequest
 
 # An output block a script may carry after a code block: ```output … ``` or <interpreter>…</…>.
@@ -27,6 +32,9 @@ _OUTPUT_BLOCK_RE = re.compile(
 )
 # The line that starts a turn of a script with several: ``=== question: TEXT``.
 _TURN_RE = re.compile(r"^=== question:[ \t]*(.*?)[ \t]*$\n?", re.MULTILINE)
+# A first line that makes the stand-in slow to load: ``=== load: SECONDS``.
+_LOAD_RE = re.compile(r"\A=== load:[ \t]*([0-9.]+)[ \t]*s?[ \t]*\n")
+_LOAD_STEP_S = 0.1
 
 
 class ScriptedSampler:
@@ -46,13 +54,24 @@ class ScriptedSampler:
         self.name = name
 
     @classmethod
-    def from_file(cls, path: str | Path, **kwargs: Any) -> ScriptedSampler:
+    def from_file(
+        cls, path: str | Path, *, progress: Progress | None = None, **kwargs: Any
+    ) -> ScriptedSampler:
+        """The script at ``path``; a first line ``=== load: SECONDS`` makes this take that long,
+        reporting to ``progress`` every 0.1 s as a model's load does (and stopping when it
+        raises)."""
         p = Path(path).expanduser()
         try:
             script = p.read_text(encoding="utf-8")
         except OSError as e:
             raise FileNotFoundError(f"cannot read the script for scripted:{path}: {e}") from e
         kwargs.setdefault("name", f"scripted:{path}")
+        load = _LOAD_RE.match(script)
+        if load is not None:
+            script = script[load.end() :]
+            _load_slowly(
+                float(load.group(1)), f"Loading model {kwargs['name']} (a stand-in)…", progress
+            )
         return cls(script, **kwargs)
 
     def params(self) -> dict[str, Any]:
@@ -107,6 +126,14 @@ class ScriptedSampler:
             yield Delta(piece, finish_reason=finish if pos >= end else None)
         if start >= end:
             yield Delta("", finish_reason=finish)
+
+
+def _load_slowly(seconds: float, message: str, progress: Progress | None) -> None:
+    steps = max(1, round(seconds / _LOAD_STEP_S))
+    for i in range(steps):
+        report(progress, "loading", message, i / steps)
+        time.sleep(seconds / steps)
+    report(progress, "loading", message, 1.0)
 
 
 def _split_turns(script: str) -> list[tuple[str | None, str]]:

@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from kernel_bridge.loading import Progress
 from kernel_bridge.samplers import Delta, SampleRequest, check_sampling
 from kernel_bridge.samplers.tokens import (
     Detokenizer,
@@ -90,14 +91,17 @@ class TransformersSampler(TokenContext):
 
     @classmethod
     def embedded(
-        cls, config: GenerationConfig | None = None, variant: str = "local"
+        cls,
+        config: GenerationConfig | None = None,
+        variant: str = "local",
+        progress: Progress | None = None,
     ) -> TransformersSampler:
         """The embedded Qwen2.5-Coder-0.5B-Instruct on CPU: ``local`` (with the shipped GRPO
         adapter, where the package has one), ``local-base`` (untouched) or ``local:PATH`` (with
-        the LoRA adapter or training run at PATH)."""
+        the LoRA adapter or training run at PATH). ``progress``: as ``load_embedded`` takes it."""
         from kernel_bridge.embedded import embedded_adapter, load_embedded
 
-        model, tokenizer = load_embedded(adapter=embedded_adapter(variant))
+        model, tokenizer = load_embedded(adapter=embedded_adapter(variant), progress=progress)
         return cls(model, tokenizer, config=config, name=variant)
 
     # -- what the Reasoner and the trace use ---------------------------------------------------
