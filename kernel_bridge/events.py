@@ -4,9 +4,11 @@ sends them, and the one-line summaries of a block and of a run.
 **Wire form** (docs/events.schema.json; labextension/src/types.ts declares the same records). A
 run opens one comm on the target ``kernel_bridge.trace`` with ``CommOpen``, then sends messages
 ``{"events": [...]}``, each event one of the records below as ``to_wire`` writes it, and last
-``FinishedEvent``; then the comm closes. ``TraceComm`` batches them: consecutive text of one
-section is joined, a batch goes every 0.2 s (as ipykernel batches stream text) and when a block
-starts. With no frontend listening the messages cost only their bytes; nothing waits.
+``FinishedEvent``; then the comm closes. ``%%reason`` opens the comm as its cell starts, so the
+first events may be ``LoadingEvent``s while the model loads. ``TraceComm`` batches them:
+consecutive text of one section is joined, a batch goes every 0.2 s (as ipykernel batches stream
+text) and when a block starts. With no frontend listening the messages cost only their bytes;
+nothing waits.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ class CommOpen:
 
     def to_wire(self) -> dict[str, Any]:
         return {"version": self.version, **_fields(self, skip="version")}
+
+
+@dataclass(frozen=True)
+class LoadingEvent:
+    """The model is loading, before the run's first other event: ``converting`` it the first
+    time, then ``loading`` it; ``ready`` when done. ``fraction``: the share of the stage done
+    (None: not known); ``message``: the line a front end shows."""
+
+    stage: str
+    message: str
+    fraction: float | None
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,8 @@ class FinishedEvent:
 
 
 WireEvent = (
-    TextEvent
+    LoadingEvent
+    | TextEvent
     | CodeEvent
     | StepStartedEvent
     | OutputEvent
@@ -116,6 +130,7 @@ WireEvent = (
 )
 
 EVENT_TYPES: dict[str, type[WireEvent]] = {
+    "loading": LoadingEvent,
     "text": TextEvent,
     "code": CodeEvent,
     "step_started": StepStartedEvent,
@@ -187,9 +202,11 @@ def _create_comm(target_name: str, data: dict[str, Any]) -> Any:
 class TraceComm:
     """Sends one run's events to the frontend in batches over a comm; never fails the run.
 
-    The comm opens at ``RunStarted`` and closes at ``finish()``. ``create_comm(target_name, data)``
-    makes it (``comm.create_comm`` by default); ``interval`` is the batching period (``math.inf``:
-    only when a block starts and at the end) and ``clock`` its clock.
+    The comm opens at ``RunStarted``, or before with ``open`` (``%%reason`` opens it as the cell
+    starts, so the sidebar shows the model loading), and closes at ``finish()`` (or ``abandon()``,
+    for a run that never started). ``create_comm(target_name, data)`` makes it
+    (``comm.create_comm`` by default); ``interval`` is the batching period (``math.inf``: only
+    when a block starts and at the end) and ``clock`` its clock.
     """
 
     INTERVAL = 0.2  # as ipykernel batches stream text
@@ -209,6 +226,7 @@ class TraceComm:
         self._interval = interval
         self._clock = clock
         self._comm: Any = None
+        self._opened = False
         self._events: list[dict[str, Any]] = []
         self._text: list[str] = []
         self._text_section = ""
@@ -217,7 +235,8 @@ class TraceComm:
     def handle(self, event: Any) -> None:
         """A Reasoner event: opens the comm (``RunStarted``) or becomes a wire event."""
         if isinstance(event, RunStarted):
-            self.open(event.trace)
+            if not self._opened:
+                self.open(event.trace.id, event.trace.model, event.trace.question)
         elif isinstance(event, TextDelta):
             self.text(event.section, event.raw)
         else:
@@ -225,8 +244,10 @@ class TraceComm:
             if wired is not None:
                 self.add(wired, flush=isinstance(wired, StepStartedEvent))
 
-    def open(self, trace: Trace) -> None:
-        data = CommOpen(trace.id, trace.model, trace.question, self.mode, self.trace_path)
+    def open(self, trace_id: str, model: str, question: str | None) -> None:
+        """Open the run's comm (``RunStarted`` does, unless this came first)."""
+        data = CommOpen(trace_id, model, question, self.mode, self.trace_path)
+        self._opened = True
         self._last = self._clock()
         try:
             self._comm = self._create(COMM_TARGET, data.to_wire())
@@ -275,10 +296,20 @@ class TraceComm:
         except Exception:
             self._comm = None
 
+    def loading(self, stage: str, message: str, fraction: float | None) -> None:
+        """Where the model's load stands (``ready``: done), sent at once."""
+        self.add(LoadingEvent(stage, message, fraction), flush=True)
+
     def finish(self, trace: Trace | None) -> None:
         """The run ended: ``finished`` (when there is a trace), then the comm closes."""
         if trace is not None:
             self.add(finished_event(trace, self.trace_path))
+        self.close()
+
+    def abandon(self, trace_id: str, finish_reason: str, error: str) -> None:
+        """The run never started (its model failed to load, or Stop came during the load):
+        ``finished`` with no trace saved, then the comm closes."""
+        self.add(FinishedEvent(trace_id, finish_reason, None, error, self.trace_path))
         self.close()
 
     def close(self) -> None:
@@ -465,6 +496,7 @@ __all__ = [
     "CodeEvent",
     "CommOpen",
     "FinishedEvent",
+    "LoadingEvent",
     "OutputEvent",
     "RecordedComm",
     "StepFinishedEvent",

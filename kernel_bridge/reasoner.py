@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,14 +200,19 @@ class Reasoner:
         assert trace is not None, "stream() ended without RunFinished"
         return trace
 
-    async def stream(self, question: str | list[dict[str, Any]]) -> AsyncIterator[ReasonerEvent]:
+    async def stream(
+        self, question: str | list[dict[str, Any]], *, trace_id: str | None = None
+    ) -> AsyncIterator[ReasonerEvent]:
         """Yield every event of one run; the last one is ``RunFinished`` with the saved trace.
+
+        ``trace_id``: the id the trace takes (a front end that showed the run before it began,
+        while the model loaded); None: a new one.
 
         A cancel (Ctrl-C, the Stop button) still ends the stream as a run ends, so every front
         end shows the same record: the stopped block's ``StepFinished`` (with what it printed),
         then ``RunFinished`` of the ``interrupted`` trace; then the cancel is re-raised.
         """
-        run = _Run(self, self.messages_for(question))
+        run = _Run(self, self.messages_for(question), trace_id)
         self.trace = run.trace
         self.saved_to = self.save_error = None
         yield RunStarted(run.trace)
@@ -231,11 +237,14 @@ class Reasoner:
 class _Run:
     """The state of one run: the trace being built, the parser, the current model segment."""
 
-    def __init__(self, reasoner: Reasoner, messages: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, reasoner: Reasoner, messages: list[dict[str, Any]], trace_id: str | None = None
+    ) -> None:
         self.r = reasoner
         self.limits = reasoner.limits
         sampler = reasoner.sampler
         self.trace = Trace(
+            id=trace_id or uuid.uuid4().hex,
             model=getattr(sampler, "name", type(sampler).__name__),
             sampler={"name": type(sampler).__name__, "params": sampler.params()},
             messages=messages,

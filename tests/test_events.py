@@ -21,6 +21,7 @@ from kernel_bridge.events import (
     CellsEvent,
     CodeEvent,
     FinishedEvent,
+    LoadingEvent,
     OutputEvent,
     RecordedComm,
     StepFinishedEvent,
@@ -106,6 +107,8 @@ def test_the_extensions_settings_schema_has_the_python_defaults():
 # -- the wire form ------------------------------------------------------------------------------
 
 SAMPLES = [
+    LoadingEvent("converting", "Converting the embedded model (first time only)…", 0.25),
+    LoadingEvent("ready", "Loaded in 3.1 s", None),
     TextEvent("think", "Let me see.\n"),
     CodeEvent("think", "print(1)\n", True),
     StepStartedEvent(0),
@@ -174,6 +177,46 @@ def test_text_of_one_section_is_joined_until_another_section_or_event():
         }
     ]
     assert recorded.open is not None and recorded.open["mode"] == "shared"
+
+
+def test_a_comm_opened_before_the_run_says_the_model_loads_then_carries_the_run():
+    recorded = RecordedComm()
+    comm = TraceComm(mode="shared", trace_path="t", create_comm=recorded, clock=Clock())
+    comm.open("run1", "local", "Why?")
+    comm.loading("loading", "Loading the embedded model…", 0.5)
+    comm.loading("ready", "Loaded in 2.0 s", 1.0)
+    comm.handle(started())  # the run's own start does not open a second comm
+    comm.handle(TextDelta("think", "a"))
+    comm.finish(None)
+    assert recorded.open == {
+        "version": 1,
+        "trace_id": "run1",
+        "model": "local",
+        "question": "Why?",
+        "mode": "shared",
+        "trace_path": "t",
+    }
+    events = [e for m in recorded.messages for e in m["events"]]
+    assert [e["type"] for e in events] == ["loading", "loading", "text"]
+    for message in recorded.messages:
+        validator().validate(message)
+
+
+def test_a_run_stopped_while_its_model_loads_ends_its_comm_with_finished():
+    recorded = RecordedComm()
+    comm = TraceComm(mode="shared", trace_path="t", create_comm=recorded, clock=Clock())
+    comm.open("run1", "local", "Why?")
+    comm.abandon("run1", "interrupted", "interrupted while loading model 'local'")
+    assert recorded.messages[-1]["events"][-1] == {
+        "type": "finished",
+        "trace_id": "run1",
+        "finish_reason": "interrupted",
+        "answer": None,
+        "error": "interrupted while loading model 'local'",
+        "trace_path": "t",
+    }
+    assert recorded.closed
+    validator().validate(recorded.messages[-1])
 
 
 def test_a_batch_goes_once_the_interval_has_passed():
