@@ -18,15 +18,16 @@ from pathlib import Path
 from kernel_bridge.training.tasks import builtin_tasks, write_tasks
 
 HINTS = {
-    "prime_digits": "p is not k itself: find the k-th prime first (count primes from 2), then "
-    "cube it and add up the digits of the cube.",
-    "divisor_fibonacci": "First count the divisors (every d from 1 to n with n % d == 0), then "
-    "compute the k-th Fibonacci number with that k.",
-    "square_divisors": "Go through every divisor d of the number and keep each d that is a "
-    "perfect square (math.isqrt(d) ** 2 == d); answer with all of them.",
-    "collatz_peak": "Keep the maximum of every value along the way (peak = max(peak, n)) and "
-    "print the maximum, not the final 1.",
-    "weekday_after": "Use datetime: (date(y, m, d) + timedelta(days=...)).strftime('%A').",
+    "prime_digits": "p is the k-th prime, not k: collect primes (2, 3, 5, ...) until there are k "
+    "of them, take the last one as p, then add up the digits of p ** 3.",
+    "divisor_fibonacci": "k = len([d for d in range(1, n + 1) if n % d == 0]); then start from "
+    "a, b = 1, 1 and step forward until you reach the k-th number.",
+    "square_divisors": "Keep every divisor d (n % d == 0) with math.isqrt(d) ** 2 == d (import "
+    "math first) and answer with all of them.",
+    "collatz_peak": "Keep the maximum of every value along the way (peak = max(peak, n) inside "
+    "the loop) and print the maximum, not the final 1.",
+    "weekday_after": "Import both names: from datetime import date, timedelta; then "
+    "(date(y, m, d) + timedelta(days=n)).strftime('%A').",
 }
 
 
