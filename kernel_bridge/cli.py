@@ -268,8 +268,7 @@ def _say(kind: str, message: str) -> None:
 
 
 def _reason(args: argparse.Namespace) -> int:
-    from kernel_bridge.events import one_line
-    from kernel_bridge.render import TerminalRenderer
+    from kernel_bridge.loading import quiet_libraries
     from kernel_bridge.runspec import RunSpec, RunSpecError, check_model
     from kernel_bridge.samplers import make_sampler
 
@@ -291,7 +290,19 @@ def _reason(args: argparse.Namespace) -> int:
         )
     except RunSpecError as e:
         raise UsageError(str(e)) from None
-    sampler = make_sampler(args.model, reasoning_effort=args.reasoning_effort)
+    # The libraries' warnings and log lines (transformers' deprecations, tqdm's) are not the
+    # user's: no code of theirs runs in this process (blocks run in the kernel's).
+    with quiet_libraries(all_threads=True) as quiet:
+        sampler = make_sampler(args.model, reasoning_effort=args.reasoning_effort)
+        quiet.cover()  # the loggers of the libraries the load imported
+        return _run_reasoner(args, spec, sampler)
+
+
+def _run_reasoner(args: argparse.Namespace, spec: Any, sampler: Any) -> int:
+    """Run the question with ``sampler``, shown on the terminal; the exit status."""
+    from kernel_bridge.events import one_line
+    from kernel_bridge.render import TerminalRenderer
+
     renderer = TerminalRenderer(color=not args.no_color, error_detail=False)
     reasoner = spec.reasoner(sampler)
 

@@ -17,6 +17,15 @@ The Stop button (SIGINT → KeyboardInterrupt in the main thread) cancels the Re
 Reasoner stops its sampler (and interrupts a sidecar block), saves the trace as ``interrupted``, and
 the cell ends with one line saying so.
 
+**Cold start.** A model that is not loaded yet loads on a thread of its own (``_load``) while the
+main thread shows where it stands: within a second the cell says so (``LoadingView``: one display,
+updated in place; an ipywidgets progress bar where ipywidgets is installed, its text in any
+frontend) and the sidebar gets the run's comm with ``loading`` events, so it shows the new run, not
+the last one, and its Stop works. Stop during the load ends the cell with one line; the load stops
+at its next progress report and nothing half-loaded is kept. The libraries' warnings, log lines and
+progress bars raised by the threads that load and run the model are dropped
+(``loading.quiet_libraries``); the notebook's own code keeps its warnings.
+
 **What the cell shows** (linear in bytes, readable in any frontend): while the run goes, the
 thinking as stream text (ipykernel batches it every 0.2 s), each code block as a Markdown display,
 its real outputs (live in shared mode; forwarded from the sidecar with ``--isolated``) and a status
@@ -47,7 +56,9 @@ import os
 import queue
 import string
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +67,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import clear_output, display
+from IPython.display import clear_output, display, update_display
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Int, TraitError, Unicode
 
@@ -72,6 +83,13 @@ from kernel_bridge.events import (
 )
 from kernel_bridge.execution import Kernel, LoopThread, Seconds, ShellExecutor, ShellJob
 from kernel_bridge.execution.sandbox import sandbox_problem
+from kernel_bridge.loading import (
+    LoadStatus,
+    LoadStopped,
+    QuietLibraries,
+    progress_bars_off,
+    quiet_libraries,
+)
 from kernel_bridge.parsing import CodeEnd, TextDelta
 from kernel_bridge.reasoner import RunFinished, StepFinished, StepOutput
 from kernel_bridge.runspec import RunSpec, RunSpecError, check_model, load_tools
@@ -97,6 +115,10 @@ class ReasonError(UserError):
 
     def _render_traceback_(self) -> list[str]:
         return [f"kernel-bridge: {' '.join(str(self).split())}"]
+
+
+class ReasonStopped(ReasonError):
+    """Stop was pressed before the run began (while its model loaded)."""
 
 
 # -- what the cell shows ------------------------------------------------------------------------
@@ -129,6 +151,22 @@ class CellRenderer:
         self._line_start = True  # nothing streamed since the last display: skip leading blanks
         self._blank = ""  # trailing blank space not written yet
         self._open_line = False  # prose written without its final newline
+
+    def start(self, trace_id: str, model: str, question: str) -> None:
+        """The cell started: open the run's comm now, so the sidebar shows this run while the
+        model loads (its trace will take ``trace_id``)."""
+        if self.comm:
+            self.comm.open(trace_id, model, question)
+
+    def abandon(self, trace_id: str, error: BaseException) -> None:
+        """The run never started (its model failed to load, or Stop came first): the sidebar
+        hears why, and the comm closes; the cell shows the error line itself."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.comm:
+            stopped = isinstance(error, KeyboardInterrupt | ReasonStopped)
+            self.comm.abandon(trace_id, "interrupted" if stopped else "error", str(error))
 
     def handle(self, event: Any) -> None:
         if self.comm:
@@ -259,6 +297,108 @@ class CellRenderer:
         )
 
 
+class LoadingView:
+    """What the cell and the sidebar show while the model loads: one display in the cell, updated
+    in place (``update_display``), and ``loading`` events on the run's comm.
+
+    Where ipywidgets is installed the display is a progress bar widget, with its line as
+    ``text/plain`` beside it for a frontend without a widget manager; otherwise the line alone.
+    Updates go at most every ``UPDATE_S`` seconds (a stage that changes goes at once).
+    """
+
+    UPDATE_S = 0.2
+    WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+    def __init__(self, comm: TraceComm | None) -> None:
+        self.comm = comm
+        self.display_id: str | None = None
+        self._widgets: tuple[Any, Any, Any] | None = None  # (box, bar, label)
+        self._shown: LoadStatus | None = None
+        self._pending: LoadStatus | None = None
+        self._last = 0.0
+        self._t0 = time.monotonic()
+
+    def show(self, status: LoadStatus) -> None:
+        """A new status; shown now when its stage or message changed, else within UPDATE_S."""
+        shown = self._shown
+        self._pending = status
+        if shown is None or (shown.stage, shown.message) != (status.stage, status.message):
+            self._send()
+        else:
+            self.tick()
+
+    def tick(self) -> None:
+        """Show what is pending once UPDATE_S has passed since the last update."""
+        if self._pending is not None and time.monotonic() - self._last >= self.UPDATE_S:
+            self._send()
+
+    def end(self, loaded: bool) -> None:
+        """The load ended: the display goes (the run's own output takes its place), the
+        sidebar hears ``ready`` when it loaded."""
+        if self._shown is None:
+            return
+        if self.display_id is not None:
+            clear_output(wait=True)  # the run's first output replaces it, without a flicker
+        if self._widgets is not None:
+            for widget in self._widgets:
+                parts = [getattr(widget, name, None) for name in ("layout", "style")]
+                for part in [*(p for p in parts if p is not None), widget]:
+                    with contextlib.suppress(Exception):
+                        part.close()
+        if loaded and self.comm:
+            took = time.monotonic() - self._t0
+            self.comm.loading("ready", f"Loaded in {took:.1f} s", 1.0)
+        self._shown = self._pending = None
+
+    def _send(self) -> None:
+        status, self._pending = self._pending, None
+        if status is None:
+            return
+        stage_changed = self._shown is None or self._shown.stage != status.stage
+        self._shown, self._last = status, time.monotonic()
+        if self.comm:
+            self.comm.loading(status.stage, status.message, status.fraction)
+        if self.display_id is None:
+            self.display_id = uuid.uuid4().hex
+            self._widgets = _progress_widgets()
+            display(
+                self._bundle(status),
+                raw=True,
+                display_id=self.display_id,
+                metadata={"kernel_bridge": {"kind": "loading"}},
+            )
+        elif self._widgets is None or stage_changed:
+            update_display(self._bundle(status), raw=True, display_id=self.display_id)
+        if self._widgets is not None:
+            _, bar, label = self._widgets
+            label.value = status.message
+            if status.fraction is not None:
+                bar.value = min(max(status.fraction, 0.0), 1.0)
+            bar.bar_style = "info" if status.stage == "converting" else ""
+
+    def _bundle(self, status: LoadStatus) -> dict[str, Any]:
+        bundle: dict[str, Any] = {"text/plain": status.line()}
+        if self._widgets is not None:
+            box = self._widgets[0]
+            view = {"version_major": 2, "version_minor": 0, "model_id": box.model_id}
+            bundle[self.WIDGET_MIME] = view
+        return bundle
+
+
+def _progress_widgets() -> tuple[Any, Any, Any] | None:
+    """(box, bar, label) of ipywidgets for the loading display; None without ipywidgets."""
+    try:
+        import ipywidgets
+    except ImportError:
+        return None
+    try:
+        bar = ipywidgets.FloatProgress(value=0.0, min=0.0, max=1.0)
+        label = ipywidgets.Label("")
+        return ipywidgets.HBox([bar, label]), bar, label
+    except Exception:  # a kernel without comms (a plain IPython shell): the text alone
+        return None
+
+
 @contextlib.contextmanager
 def _busy_until_done(shell: Any) -> Any:
     """Keep the kernel's published state busy while the run lasts.
@@ -291,6 +431,12 @@ def _busy_until_done(shell: Any) -> Any:
             kernel._publish_status = publish
         else:
             del kernel._publish_status
+
+
+def _loads_weights(model: str) -> bool:
+    """True for the model strings whose sampler loads weights or a tokenizer here (through
+    transformers and huggingface_hub, which draw progress bars of their own)."""
+    return model.startswith(("local", "hf:", "gguf:", "vllm:"))
 
 
 def _longest_run(text: str, char: str) -> int:
@@ -484,10 +630,30 @@ class ReasonMagics(Magics):
             args = parse_argstring(self.reason, line)
             options = self._options(args)
             question = self._question(cell)
-            sampler = self._sampler(options.model, options.reasoning_effort)
-            self._run(options, question, sampler)
+            name = self._model_name(options.model)
         except KeyboardInterrupt:
             raise ReasonError("interrupted before the run started") from None
+        renderer = CellRenderer(
+            show=options.show,
+            live_outputs=not options.isolated,
+            trace_path=options.spec.trace_path,
+            mode="isolated" if options.isolated else "shared",
+            cells=options.cells,
+            comm=self.comm,
+        )
+        trace_id = uuid.uuid4().hex
+        with _busy_until_done(self.shell), quiet_libraries() as quiet:
+            try:
+                renderer.start(trace_id, name, question)
+                sampler = self._sampler(name, options.reasoning_effort, renderer, quiet)
+                quiet.cover()
+                self._run(options, question, sampler, renderer, trace_id)
+            except KeyboardInterrupt as e:
+                renderer.abandon(trace_id, e)
+                raise ReasonError("interrupted before the run started") from None
+            except BaseException as e:
+                renderer.abandon(trace_id, e)
+                raise
 
     def _options(self, args: argparse.Namespace) -> _Options:
         def pick(name: str) -> Any:
@@ -581,23 +747,103 @@ class ReasonMagics(Magics):
                 "write {{ and }} for literal braces (or %reason_config interpolate=False)"
             ) from None
 
-    def _sampler(self, model: str | None, reasoning_effort: str | None = None) -> Any:
-        from kernel_bridge.samplers import ModelSpecError, make_sampler, resolve_model
+    def _model_name(self, model: str | None) -> str:
+        """The model string a run uses (``--model``, else the environment, the config file)."""
+        from kernel_bridge.samplers import ModelSpecError, resolve_model
 
         try:
-            name = resolve_model(model).strip()
-            # The same API model asked to think is another sampler than the one that is not.
-            key = name if reasoning_effort is None else f"{name} ({reasoning_effort} effort)"
-            if key in self.samplers:
-                return self.samplers[key]
-            sampler = make_sampler(name, reasoning_effort=reasoning_effort)
+            return resolve_model(model).strip()
+        except ModelSpecError as e:
+            raise UsageError(str(e)) from None
+
+    def _sampler(
+        self,
+        name: str,
+        reasoning_effort: str | None,
+        renderer: CellRenderer,
+        quiet: QuietLibraries,
+    ) -> Any:
+        """The session's sampler for ``name``, loaded the first time (``_load``)."""
+        from kernel_bridge.samplers import ModelSpecError
+
+        # The same API model asked to think is another sampler than the one that is not.
+        key = name if reasoning_effort is None else f"{name} ({reasoning_effort} effort)"
+        if key in self.samplers:
+            return self.samplers[key]
+        try:
+            sampler = self._load(name, reasoning_effort, LoadingView(renderer.comm), quiet)
         except (ModelSpecError, FileNotFoundError) as e:
             raise UsageError(str(e)) from None
+        except KeyboardInterrupt:
+            raise ReasonStopped(
+                f"interrupted while loading model {name!r}; nothing was kept, so the next "
+                "%%reason loads it again"
+            ) from None
         except Exception as e:  # a model that fails to load: one line, not a traceback
-            raise ReasonError(f"cannot load model {model!r}: {type(e).__name__}: {e}") from None
+            raise ReasonError(f"cannot load model {name!r}: {type(e).__name__}: {e}") from None
         if not name.startswith("scripted:"):  # scripts are re-read, so edits take effect
             self.samplers[key] = sampler
         return sampler
+
+    def _load(
+        self,
+        name: str,
+        reasoning_effort: str | None,
+        view: LoadingView,
+        quiet: QuietLibraries,
+    ) -> Any:
+        """Make the sampler on a thread of its own while this (main) thread shows the load's
+        progress; Stop (KeyboardInterrupt here) makes the load stop at its next progress report
+        and is re-raised once it has (or after ``STOP_WAIT_S``)."""
+        from kernel_bridge.samplers import make_sampler
+
+        mailbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        stop = threading.Event()
+
+        def progress(status: LoadStatus) -> None:
+            if stop.is_set():
+                raise LoadStopped(f"stopped while loading {name}")
+            mailbox.put(("status", status))
+
+        def load() -> None:
+            try:
+                # A local model's libraries would draw their own bars into the cell.
+                bars = progress_bars_off() if _loads_weights(name) else contextlib.nullcontext()
+                with bars:
+                    sampler = make_sampler(
+                        name, reasoning_effort=reasoning_effort, progress=progress
+                    )
+                mailbox.put(("done", sampler))
+            except BaseException as e:  # handed to the main thread, which raises it there
+                mailbox.put(("failed", e))
+
+        thread = threading.Thread(target=load, name="kernel-bridge-load", daemon=True)
+        loaded = False
+        try:
+            thread.start()
+            while True:
+                try:
+                    kind, item = mailbox.get(timeout=0.1)
+                except queue.Empty:
+                    view.tick()
+                    continue
+                quiet.cover()  # a library imported by the load set up its logger
+                if kind == "status":
+                    view.show(item)
+                elif kind == "done":
+                    loaded = True
+                    return item
+                else:
+                    raise item
+        except KeyboardInterrupt:
+            stop.set()
+            give_up = time.monotonic() + STOP_WAIT_S
+            with contextlib.suppress(KeyboardInterrupt):  # a second Stop: wait no longer
+                while thread.is_alive() and time.monotonic() < give_up:
+                    thread.join(0.1)
+            raise
+        finally:
+            view.end(loaded)
 
     def _messages(self, question: str, continue_: bool) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
@@ -609,7 +855,14 @@ class ReasonMagics(Magics):
         messages.append({"role": "user", "content": question})
         return messages
 
-    def _run(self, options: _Options, question: str, sampler: Any) -> None:
+    def _run(
+        self,
+        options: _Options,
+        question: str,
+        sampler: Any,
+        renderer: CellRenderer,
+        trace_id: str,
+    ) -> None:
         """One run: the Reasoner on the loop thread, this (main) thread shows and executes."""
         spec = options.spec
         loop = self._loop_thread()
@@ -628,18 +881,10 @@ class ReasonMagics(Magics):
             reasoner = spec.reasoner(sampler, executor)
         except RunSpecError as e:
             raise UsageError(str(e)) from None
-        renderer = CellRenderer(
-            show=options.show,
-            live_outputs=not options.isolated,
-            trace_path=spec.trace_path,
-            mode="isolated" if options.isolated else "shared",
-            cells=options.cells,
-            comm=self.comm,
-        )
         messages = self._messages(question, options.continue_)
 
         async def produce() -> None:
-            async for event in reasoner.stream(messages):
+            async for event in reasoner.stream(messages, trace_id=trace_id):
                 mailbox.put(("event", event))
 
         async def start() -> asyncio.Task[None]:
@@ -648,10 +893,9 @@ class ReasonMagics(Magics):
             return task
 
         task = loop.run(start())
-        with _busy_until_done(self.shell):
-            stopped = self._serve(
-                mailbox, renderer, lambda: loop.loop.call_soon_threadsafe(task.cancel)
-            )
+        stopped = self._serve(
+            mailbox, renderer, lambda: loop.loop.call_soon_threadsafe(task.cancel)
+        )
         trace = reasoner.trace
         try:
             renderer.finish(trace)
