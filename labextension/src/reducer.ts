@@ -34,7 +34,8 @@ export function openTrace(data: ICommOpenData, now: number = Date.now()): ITrace
     labels: {},
     cells: null,
     trace: null,
-    startedAt: now
+    startedAt: now,
+    loading: null
   };
 }
 
@@ -79,7 +80,16 @@ export function applyEvents(
       // it already holds what these events say.
       continue;
     }
+    if (event.type !== 'loading') {
+      next.loading = null; // the run's own events: the model has loaded
+    }
     switch (event.type) {
+      case 'loading':
+        next.loading =
+          event.stage === 'ready'
+            ? null
+            : { stage: event.stage, message: event.message, fraction: event.fraction ?? null };
+        break;
       case 'text': {
         const last = items[items.length - 1];
         if (last && last.kind === 'text' && last.section === event.section) {
@@ -161,7 +171,13 @@ export function closeTrace(view: ITraceView): ITraceView {
       ? { ...item, status: 'died' as const }
       : item
   );
-  return { ...view, items, running: false, finishReason: view.finishReason ?? 'interrupted' };
+  return {
+    ...view,
+    items,
+    running: false,
+    loading: null,
+    finishReason: view.finishReason ?? 'interrupted'
+  };
 }
 
 /** Slice a Python string by code point offsets (the spans' unit), as docs/trace-format.md says. */
@@ -242,7 +258,8 @@ export function fromTrace(trace: ITraceJSON, tracePath: string | null = null): I
     labels: { ...(trace.labels ?? {}) },
     cells: null,
     trace,
-    startedAt: Number.isNaN(created) ? Date.now() : created
+    startedAt: Number.isNaN(created) ? Date.now() : created,
+    loading: null
   };
 }
 

@@ -1,5 +1,6 @@
 /**
- * The sidebar's content: the active notebook's live trace and this session's history, with Stop,
+ * The sidebar's content: the active notebook's live trace (from the moment its cell starts: while
+ * the model loads it says so, with a progress bar) and this session's history, with Stop,
  * Insert as cells, Copy answer, Export for training, a 👍/👎 with a note saved in the trace's
  * labels, and the ask box. What the buttons do comes in as `ISidebarActions` (sidebarwidget.tsx
  * implements them).
@@ -11,7 +12,7 @@ import type { NotebookConnection } from './connection';
 import { KernelActionError } from './kernelactions';
 import { withLabels } from './reducer';
 import { IRenderServices, TraceView } from './traceview';
-import { ILabels, ITraceJSON, ITraceView } from './types';
+import { ILabels, ILoadingState, ITraceJSON, ITraceView } from './types';
 
 /** What the sidebar does with a trace; the widget implements it over a notebook connection. */
 export interface ISidebarActions {
@@ -166,6 +167,7 @@ export function Sidebar(props: ISidebarProps): JSX.Element {
                 }
               />
             ) : null}
+            {selected.loading ? <Loading state={selected.loading} /> : null}
             <TraceView
               view={selected}
               services={services}
@@ -192,6 +194,25 @@ export function Sidebar(props: ISidebarProps): JSX.Element {
           return asked.then(() => undefined);
         }}
       />
+    </div>
+  );
+}
+
+/** The run's model is loading: what the kernel says it is doing, with a progress bar. */
+function Loading(props: { state: ILoadingState }): JSX.Element {
+  const { stage, message, fraction } = props.state;
+  const percent = fraction === null ? null : Math.round(100 * Math.min(Math.max(fraction, 0), 1));
+  return (
+    <div className={`kb-Loading kb-Loading-${stage}`} role="status" aria-label="Model loading">
+      <span className="kb-Loading-message">{message}</span>
+      {/* Without a value the bar is indeterminate: the load did not say how far it is. */}
+      <progress
+        className="kb-Loading-bar"
+        max={1}
+        value={fraction === null ? undefined : Math.min(Math.max(fraction, 0), 1)}
+        aria-label={percent === null ? message : `${message} ${percent}%`}
+      />
+      {percent === null ? null : <span className="kb-Loading-percent">{percent}%</span>}
     </div>
   );
 }

@@ -85,8 +85,21 @@ export interface ICommOpenData {
   trace_path: string;
 }
 
+/** Where a model's load stands (`ready`: done); `fraction` of the stage, null when not known. */
+export interface ILoadingState {
+  stage: 'converting' | 'loading';
+  message: string;
+  fraction: number | null;
+}
+
 /** One event of a `{"events": [...]}` comm message. */
 export type CommEvent =
+  | {
+      type: 'loading';
+      stage: ILoadingState['stage'] | 'ready';
+      message: string;
+      fraction: number | null;
+    }
   | { type: 'text'; section: string; text: string }
   | { type: 'code'; section: string; code: string; runs: boolean }
   | { type: 'step_started'; index: number }
@@ -166,4 +179,6 @@ export interface ITraceView {
   trace: ITraceJSON | null;
   /** When the run started (ms since epoch). */
   startedAt: number;
+  /** The model is loading (the run's first events), else null. */
+  loading: ILoadingState | null;
 }

@@ -86,6 +86,100 @@ describe('Sidebar', () => {
     expect(screen.getByRole('group', { name: 'Answer' }).textContent).toContain('328');
   });
 
+  it('shows a run whose model loads at once, not the previous run, with Stop enabled', () => {
+    const traces = new NotebookTraces();
+    traces.put(fromTrace(TRACE, '/tmp/t.jsonl')); // the previous run, finished
+    const actions = fakeActions();
+    renderSidebar(traces, actions);
+    const open = { ...OPEN, trace_id: 'cold', model: 'local', question: 'Cold start?' };
+    React.act(() =>
+      traces.put(
+        applyEvents(openTrace(open), [
+          {
+            type: 'loading',
+            stage: 'converting',
+            message: 'Converting the embedded model (first time only, up to 2 min)…',
+            fraction: 0.25
+          }
+        ])
+      )
+    );
+    const status = screen.getByRole('status', { name: 'Model loading' });
+    expect(status.textContent).toContain('Converting the embedded model (first time only');
+    expect(status.textContent).toContain('25%');
+    const bar = status.querySelector('progress') as HTMLProgressElement;
+    expect(bar.getAttribute('value')).toBe('0.25');
+    const stop = screen.getByRole('button', { name: 'Stop the run' }) as HTMLButtonElement;
+    expect(stop.disabled).toBe(false);
+    fireEvent.click(stop);
+    expect(actions.stop).toHaveBeenCalled();
+    // Loading, with no share known yet: an indeterminate bar.
+    React.act(() =>
+      traces.update('cold', view =>
+        applyEvents(view, [
+          {
+            type: 'loading',
+            stage: 'loading',
+            message: 'Loading the embedded model…',
+            fraction: null
+          }
+        ])
+      )
+    );
+    expect(screen.getByRole('status', { name: 'Model loading' }).textContent).toBe(
+      'Loading the embedded model…'
+    );
+    expect(
+      screen
+        .getByRole('status', { name: 'Model loading' })
+        .querySelector('progress')
+        ?.hasAttribute('value')
+    ).toBe(false);
+    // Loaded: the banner goes and the run shows as it streams.
+    React.act(() =>
+      traces.update('cold', view =>
+        applyEvents(view, [
+          { type: 'loading', stage: 'ready', message: 'Loaded in 9.0 s', fraction: 1 },
+          ...EVENTS[0]
+        ])
+      )
+    );
+    expect(screen.queryByRole('status', { name: 'Model loading' })).toBeNull();
+    expect(stop.disabled).toBe(false);
+  });
+
+  it('ends a run stopped while its model loads as interrupted', () => {
+    const traces = new NotebookTraces();
+    renderSidebar(traces, fakeActions());
+    const open = { ...OPEN, trace_id: 'cold' };
+    React.act(() =>
+      traces.put(
+        applyEvents(openTrace(open), [
+          { type: 'loading', stage: 'loading', message: 'Loading model local…', fraction: null }
+        ])
+      )
+    );
+    React.act(() =>
+      traces.update('cold', view =>
+        applyEvents(view, [
+          {
+            type: 'finished',
+            trace_id: 'cold',
+            finish_reason: 'interrupted',
+            answer: null,
+            error: "interrupted while loading model 'local'",
+            trace_path: '/tmp/t.jsonl'
+          }
+        ])
+      )
+    );
+    expect(screen.queryByRole('status', { name: 'Model loading' })).toBeNull();
+    expect(
+      (screen.getByRole('button', { name: 'Stop the run' }) as HTMLButtonElement).disabled
+    ).toBe(true);
+    expect(traces.selected?.finishReason).toBe('interrupted');
+  });
+
   it('saves a 👍 with a note through the labels action', async () => {
     const traces = new NotebookTraces();
     traces.put(fromTrace({ ...TRACE, labels: {} }, '/tmp/t.jsonl'));
