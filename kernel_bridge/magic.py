@@ -62,7 +62,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -308,6 +308,7 @@ class LoadingView:
 
     UPDATE_S = 0.2
     WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+    METADATA: ClassVar[dict[str, Any]] = {"kernel_bridge": {"kind": "loading"}}
 
     def __init__(self, comm: TraceComm | None) -> None:
         self.comm = comm
@@ -337,38 +338,45 @@ class LoadingView:
         sidebar hears ``ready`` when it loaded."""
         if self._shown is None:
             return
+        took = time.monotonic() - self._t0
+        if loaded:  # until the first output (the model reads the prompt first): say so
+            self._pending = LoadStatus("loading", f"Loaded in {took:.1f} s; thinking…", 1.0)
+            self._send(comm=False)
         if self.display_id is not None:
             clear_output(wait=True)  # the run's first output replaces it, without a flicker
-        if self._widgets is not None:
-            for widget in self._widgets:
-                parts = [getattr(widget, name, None) for name in ("layout", "style")]
-                for part in [*(p for p in parts if p is not None), widget]:
-                    with contextlib.suppress(Exception):
-                        part.close()
         if loaded and self.comm:
-            took = time.monotonic() - self._t0
             self.comm.loading("ready", f"Loaded in {took:.1f} s", 1.0)
         self._shown = self._pending = None
 
-    def _send(self) -> None:
+    def close(self) -> None:
+        """The cell ended: close the bar's widgets (shown until the run's first output)."""
+        widgets, self._widgets = self._widgets, None
+        for widget in widgets or ():
+            parts = [getattr(widget, name, None) for name in ("layout", "style")]
+            for part in [*(p for p in parts if p is not None), widget]:
+                with contextlib.suppress(Exception):
+                    part.close()
+
+    def _send(self, comm: bool = True) -> None:
         status, self._pending = self._pending, None
         if status is None:
             return
         stage_changed = self._shown is None or self._shown.stage != status.stage
         self._shown, self._last = status, time.monotonic()
-        if self.comm:
+        if self.comm and comm:
             self.comm.loading(status.stage, status.message, status.fraction)
         if self.display_id is None:
+            # The line first (importing ipywidgets takes a moment), then the bar in its place.
             self.display_id = uuid.uuid4().hex
-            self._widgets = _progress_widgets()
             display(
-                self._bundle(status),
-                raw=True,
-                display_id=self.display_id,
-                metadata={"kernel_bridge": {"kind": "loading"}},
+                self._bundle(status), raw=True, display_id=self.display_id, metadata=self.METADATA
             )
-        elif self._widgets is None or stage_changed:
-            update_display(self._bundle(status), raw=True, display_id=self.display_id)
+            self._widgets = _progress_widgets()
+            stage_changed = True
+        if self._widgets is None or stage_changed:
+            update_display(
+                self._bundle(status), raw=True, display_id=self.display_id, metadata=self.METADATA
+            )
         if self._widgets is not None:
             _, bar, label = self._widgets
             label.value = status.message
@@ -642,10 +650,11 @@ class ReasonMagics(Magics):
             comm=self.comm,
         )
         trace_id = uuid.uuid4().hex
+        loading = LoadingView(renderer.comm)
         with _busy_until_done(self.shell), quiet_libraries() as quiet:
             try:
                 renderer.start(trace_id, name, question)
-                sampler = self._sampler(name, options.reasoning_effort, renderer, quiet)
+                sampler = self._sampler(name, options.reasoning_effort, loading, quiet)
                 quiet.cover()
                 self._run(options, question, sampler, renderer, trace_id)
             except KeyboardInterrupt as e:
@@ -654,6 +663,8 @@ class ReasonMagics(Magics):
             except BaseException as e:
                 renderer.abandon(trace_id, e)
                 raise
+            finally:
+                loading.close()
 
     def _options(self, args: argparse.Namespace) -> _Options:
         def pick(name: str) -> Any:
@@ -760,7 +771,7 @@ class ReasonMagics(Magics):
         self,
         name: str,
         reasoning_effort: str | None,
-        renderer: CellRenderer,
+        loading: LoadingView,
         quiet: QuietLibraries,
     ) -> Any:
         """The session's sampler for ``name``, loaded the first time (``_load``)."""
@@ -771,7 +782,7 @@ class ReasonMagics(Magics):
         if key in self.samplers:
             return self.samplers[key]
         try:
-            sampler = self._load(name, reasoning_effort, LoadingView(renderer.comm), quiet)
+            sampler = self._load(name, reasoning_effort, loading, quiet)
         except (ModelSpecError, FileNotFoundError) as e:
             raise UsageError(str(e)) from None
         except KeyboardInterrupt:
@@ -839,6 +850,7 @@ class ReasonMagics(Magics):
             stop.set()
             give_up = time.monotonic() + STOP_WAIT_S
             with contextlib.suppress(KeyboardInterrupt):  # a second Stop: wait no longer
+                view.show(LoadStatus("loading", "Stopping the load…", None))
                 while thread.is_alive() and time.monotonic() < give_up:
                     thread.join(0.1)
             raise
