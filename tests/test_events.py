@@ -134,6 +134,17 @@ def test_the_schema_lists_exactly_the_event_types_sent():
     assert listed == set(EVENT_TYPES) == {e["type"] for e in map(to_wire, SAMPLES)}
 
 
+def test_the_schemas_list_exactly_the_finish_reasons_a_trace_has():
+    import typing
+
+    from kernel_bridge.trace import FinishReason
+
+    reasons = {*typing.get_args(FinishReason), None}
+    finished = SCHEMA["$defs"]["finished"]["properties"]["finish_reason"]["enum"]
+    trace_schema = json.loads((ROOT / "docs" / "trace.schema.json").read_text(encoding="utf-8"))
+    assert set(finished) == reasons == set(trace_schema["properties"]["finish_reason"]["enum"])
+
+
 def test_an_unknown_event_type_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown event type 'later'"):
         from_wire({"type": "later"})
