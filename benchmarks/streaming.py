@@ -9,7 +9,10 @@ outputs arrive whole), which is what a ``display(..., display_id=True)`` + ``upd
 
 Then 50 trivial blocks run through ``%%reason`` (shared namespace, then ``--isolated``, in a
 folder of 10,000 data files as a notebook's may be) and through the CLI: the time per step,
-from the first block's start to the last block's end over the trace's steps.
+from the first block's start to the last block's end over the trace's steps. Last, the cold
+start: in a fresh kernel with the magic loaded, the time from sending a ``%%reason`` cell with a
+model that still has to load (``--cold-model``, the embedded ``local`` by default) to the first
+output a client shows, against ``print('hello')`` in another fresh kernel.
 
 Reported for each: total iopub bytes ÷ trace size (the trace's JSON), messages, and the peak
 messages/s and bytes/s over any 1 s window, against the Jupyter server's defaults
@@ -242,6 +245,41 @@ def step_times(kc: Any, counter: IopubCounter, work: Path) -> dict[str, float]:
     return times
 
 
+VISIBLE = ("stream", "display_data", "execute_result", "error")
+
+
+def first_visible_line(cell: str, work: Path, timeout: float = 600) -> float:
+    """Seconds from sending ``cell`` to a fresh kernel (the magic loaded, nothing else run) to
+    the first output a client shows for it; the cell then runs to its end."""
+    env = {**os.environ, "KERNEL_BRIDGE_HOME": str(work)}
+    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(work))
+    info = km.get_connection_info()
+    counter = IopubCounter(f"{info['transport']}://{info['ip']}:{info['iopub_port']}")
+    try:
+        while True:
+            try:
+                run_cell(kc, counter, "%load_ext kernel_bridge", 10)
+                break
+            except (TimeoutError, queue.Empty):
+                continue
+        sent = time.monotonic()
+        msg_id = kc.execute(cell)
+        first = None
+        deadline = sent + timeout
+        while first is None and time.monotonic() < deadline:
+            shown = [r[0] for r in counter.of(msg_id) if r[2] in VISIBLE]
+            first = shown[0] if shown else None
+            time.sleep(0.005)
+        counter.wait_idle(msg_id, timeout)
+        if first is None:
+            raise TimeoutError(f"no output within {timeout} s")
+        return first - sent
+    finally:
+        counter.close()
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 NAIVE_CELL = """
 from IPython.display import Markdown, display
 from kernel_bridge.trace import load_traces
@@ -262,6 +300,12 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=40, help="code blocks in it")
     parser.add_argument("--delta", type=int, default=16, help="characters per naive update")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument(
+        "--cold-model",
+        default="local",
+        help="the model of the cold-start figure (its first %%%%reason in a fresh kernel); "
+        "'' to skip it",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="kb-streaming-"))
@@ -306,6 +350,17 @@ def main() -> None:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
 
+    cold: dict[str, float] = {}
+    if args.cold_model:  # the model is converted once first: the figure is a load, not that
+        question = "What is 2 + 2?"
+        first_visible_line(f"%%reason --model {args.cold_model} --max-steps 1\n{question}", work)
+        cold["print('hello') in a fresh kernel (baseline)"] = first_visible_line(
+            "print('hello')", work
+        )
+        cold[f"%%reason --model {args.cold_model} in a fresh kernel"] = first_visible_line(
+            f"%%reason --model {args.cold_model} --max-steps 1\n{question}", work
+        )
+
     rows = [ours, naive]
     print(
         f"# %%reason streaming: one {text_chars:,}-character assistant turn "
@@ -344,6 +399,11 @@ def main() -> None:
     print(f"\n| {STEP_BLOCKS} trivial blocks | ms per step | ÷ CLI |\n|---|---:|---:|")
     for name, seconds in steps.items():
         print(f"| {name} | {seconds * 1000:.1f} | {seconds / steps['CLI']:.2f} |")
+    if cold:
+        base = next(iter(cold.values()))
+        print("\n| first visible line of a cell | ms | ÷ baseline |\n|---|---:|---:|")
+        for name, seconds in cold.items():
+            print(f"| {name} | {seconds * 1000:.1f} | {seconds / base:.1f} |")
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -354,6 +414,7 @@ def main() -> None:
                     "rows": [asdict(f) | {"ratio": f.ratio} for f in rows],
                     "step_seconds": steps,
                     "saved_cell_bytes": cell_bytes,
+                    "first_visible_line_s": cold,
                 },
                 indent=2,
             )

@@ -831,6 +831,8 @@ class ReasonMagics(Magics):
         thread = threading.Thread(target=load, name="kernel-bridge-load", daemon=True)
         loaded = False
         try:
+            if _loads_weights(name):  # said now, not at the load's first report: its imports
+                view.show(LoadStatus("loading", f"Loading model {name}…", None))  # take a second
             thread.start()
             while True:
                 try:
