@@ -25,6 +25,7 @@ from kernel_bridge.embedded import (
     cache_root,
     save_conversion,
 )
+from kernel_bridge.loading import Progress, report
 from kernel_bridge.samplers import ModelSpecError
 
 MAGIC = b"GGUF"
@@ -40,11 +41,13 @@ class GGUFError(ModelSpecError):
     transformers cannot load."""
 
 
-def gguf_sampler(path: str | os.PathLike[str], *, dtype: str | None = None) -> Any:
+def gguf_sampler(
+    path: str | os.PathLike[str], *, dtype: str | None = None, progress: Progress | None = None
+) -> Any:
     """A ``TransformersSampler`` for the GGUF file at ``path`` (``make_sampler("gguf:PATH")``)."""
     from kernel_bridge.samplers.transformers import TransformersSampler
 
-    model, tokenizer = load_gguf(path, dtype=dtype)
+    model, tokenizer = load_gguf(path, dtype=dtype, progress=progress)
     return TransformersSampler(model, tokenizer, name=f"gguf:{path}")
 
 
@@ -53,11 +56,14 @@ def load_gguf(
     *,
     dtype: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Any, Any]:
     """Load the GGUF at ``path`` (eval mode) and its tokenizer, converting it the first time.
 
     ``dtype``: ``"int8"`` (the CPU default: int8 linear layers, the rest float32), or a floating
-    dtype name (``"bfloat16"``, the default on a GPU, where the model is moved).
+    dtype name (``"bfloat16"``, the default on a GPU, where the model is moved). ``progress``
+    hears the stages (``converting`` the first time, then ``loading``); without it the first
+    conversion says so in one line on stderr.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,13 +77,12 @@ def load_gguf(
         if not _is_converted(target):
             with _shared_gguf_reader():  # the header is parsed once for all that read it
                 architecture(source)  # a clear error before transformers' own
-                print(
-                    f"kernel-bridge: converting {source.name} once into {target} "
-                    "(later loads read the conversion)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                notice = f"Converting {source.name} once into {target} (later loads read it)…"
+                if progress is None:
+                    print(f"kernel-bridge: {notice}", file=sys.stderr, flush=True)
+                report(progress, "converting", notice, None)
                 _convert(source, target)
+        report(progress, "loading", f"Loading {source.name}…", None)
         tokenizer = AutoTokenizer.from_pretrained(target)
         # int8 starts from the bfloat16 files: loading in their dtype maps them, no copy
         model: Any = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype)

@@ -378,13 +378,21 @@ def test_a_file_that_is_not_an_adapter_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_embedded_gguf_through_gguf_path_generates_what_local_base_does(converted, tmp_path):
-    """``gguf:PATH`` on the embedded model's own GGUF: converted on its own into another cache,
-    it greedily writes the same tokens as ``local-base``."""
+def test_the_embedded_gguf_through_gguf_path_generates_what_local_base_does(
+    converted, tmp_path, capsys
+):
+    """``gguf:PATH`` on the embedded model's own GGUF: converted on its own into another cache
+    (its stages reported to ``progress``, nothing printed), it greedily writes the same tokens as
+    ``local-base``."""
     from kernel_bridge.gguf import load_gguf
 
     cache_dir, base, tokenizer = converted
-    model, gguf_tokenizer = load_gguf(cache_dir / GGUF_NAME, cache_dir=tmp_path / "gguf-cache")
+    stages = []
+    model, gguf_tokenizer = load_gguf(
+        cache_dir / GGUF_NAME, cache_dir=tmp_path / "gguf-cache", progress=stages.append
+    )
+    assert [s.stage for s in stages] == ["converting", "loading"]
+    assert capsys.readouterr().err == ""
     assert greedy_reply(model, gguf_tokenizer, PROMPT, 24) == greedy_reply(
         base, tokenizer, PROMPT, 24
     )

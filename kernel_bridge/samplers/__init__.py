@@ -170,7 +170,7 @@ def make_sampler(
     if model.startswith("gguf:"):
         from kernel_bridge.gguf import gguf_sampler
 
-        return gguf_sampler(model.removeprefix("gguf:"))
+        return gguf_sampler(model.removeprefix("gguf:"), progress=progress)
     if model.startswith("vllm:"):
         from kernel_bridge.samplers.vllm import VLLMServerSampler, parse_model_string
 
