@@ -54,6 +54,7 @@ class Settings:
     pool_size: int
     sessions: int
     session_steps: int
+    pool_runs: int  # runs one after another through a KernelPool(pool_size)
 
 
 FULL = Settings(
@@ -67,6 +68,7 @@ FULL = Settings(
     pool_size=4,
     sessions=16,
     session_steps=20,
+    pool_runs=64,
 )
 QUICK = Settings(
     steps=50,
@@ -79,6 +81,7 @@ QUICK = Settings(
     pool_size=4,
     sessions=16,
     session_steps=10,
+    pool_runs=16,
 )
 
 
@@ -510,6 +513,7 @@ def session_step(session: int, step: int) -> tuple[str, str]:
 async def concurrent_sessions(
     s: Settings, registry: list[Kernel], out: dict[str, Any], rows: list[Row]
 ) -> None:
+    host_before = psutil.Process().memory_info().rss
     kernels = [Kernel() for _ in range(s.sessions)]
     registry.extend(kernels)
     start_s, _ = await timed(lambda: start_all(*(k.start() for k in kernels)))
@@ -540,6 +544,7 @@ async def concurrent_sessions(
     client_cpu += time.process_time()
     kernels_cpu += sum(tree_cpu(k.pid) for k in kernels)
     stop_s, _ = await timed(lambda: asyncio.gather(*(k.shutdown() for k in kernels)))
+    host_after = psutil.Process().memory_info().rss
     p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
     out["sessions"] = {
         "sessions": s.sessions,
@@ -553,6 +558,8 @@ async def concurrent_sessions(
         "step_p50_s": p50,
         "step_p95_s": p95,
         "steps_cpu_s": {"this process": client_cpu, "kernels": kernels_cpu},
+        "host_rss_before": host_before,
+        "host_rss_after": host_after,
     }
     stock = out["memory_bytes"]["stock ipykernel"]
     rows.append(
@@ -570,9 +577,55 @@ async def concurrent_sessions(
             f"total {start_s + steps_s + stop_s:.1f} s (start {start_s:.1f} s, "
             f"steps {steps_s:.1f} s, shutdown {stop_s:.1f} s); "
             f"step p50 {fmt_s(p50)}, p95 {fmt_s(p95)}; "
-            f"CPU during the steps: this process {client_cpu:.2f} s, kernels {kernels_cpu:.2f} s",
+            f"CPU during the steps: this process {client_cpu:.2f} s, kernels {kernels_cpu:.2f} s; "
+            f"RSS of this process {host_before / MB:.0f} MiB before, {host_after / MB:.0f} after",
             "",
             "",
+            f"0 errors: {'met' if not errors else f'**{len(errors)} errors**'}",
+        )
+    )
+
+
+async def runs_through_a_pool(s: Settings, out: dict[str, Any], rows: list[Row]) -> None:
+    """``pool_runs`` runs one after another, each on a fresh kernel from a KernelPool: a few
+    stateful steps, then the kernel goes back (and is replaced). Errors, and this process's RSS
+    before and after: the host must not grow with the runs it served."""
+    errors: list[str] = []
+    pool = KernelPool(size=s.pool_size)
+    try:
+        await pool.start()
+        await refilled(pool)
+        before = psutil.Process().memory_info().rss
+        begin = time.perf_counter()
+        for run in range(s.pool_runs):
+            async with pool.acquire() as kernel:
+                for step in range(4):
+                    code, expected = session_step(run + 1, step)
+                    result = await kernel.execute(code)
+                    if not result.ok or result.output_text != expected:
+                        errors.append(f"run {run} step {step}: {result.status}")
+        wall = time.perf_counter() - begin
+        await refilled(pool)
+        after = psutil.Process().memory_info().rss
+    finally:
+        await pool.close()
+    out["pool_runs"] = {
+        "runs": s.pool_runs,
+        "pool_size": s.pool_size,
+        "wall_s": wall,
+        "errors": len(errors),
+        "error_examples": errors[:5],
+        "host_rss_before": before,
+        "host_rss_after": after,
+    }
+    rows.append(
+        Row(
+            f"RSS of this process over {s.pool_runs} runs × 4 steps, one after another "
+            f"through KernelPool({s.pool_size})",
+            f"{before / MB:.0f} MiB before, {after / MB:.0f} MiB after; {wall:.1f} s "
+            f"({wall / s.pool_runs * 1000:.0f} ms a run)",
+            "",
+            f"{after / before:.2f}×",
             f"0 errors: {'met' if not errors else f'**{len(errors)} errors**'}",
         )
     )
@@ -598,6 +651,7 @@ async def run_kernels(s: Settings, out: dict[str, Any], rows: list[Row]) -> None
         await asyncio.gather(kernel.shutdown(), plain.shutdown())
         await pool_latency(s, registry, out, rows)
         await concurrent_sessions(s, registry, out, rows)
+        await runs_through_a_pool(s, out, rows)
     finally:
         await asyncio.gather(
             plain.shutdown(), *(k.shutdown() for k in registry), return_exceptions=True
@@ -655,6 +709,8 @@ def main() -> None:
     )
     if out["sessions"]["errors"]:
         print("session errors:", *out["sessions"]["error_examples"], sep="\n- ")
+    if out["pool_runs"]["errors"]:
+        print("pool run errors:", *out["pool_runs"]["error_examples"], sep="\n- ")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
