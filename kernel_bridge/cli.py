@@ -411,6 +411,7 @@ def _training_config(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from kernel_bridge.loading import quiet_libraries
     from kernel_bridge.training.trainer import run
 
     overrides: dict[str, Any] = {"resume": True} if args.resume else {}
@@ -418,7 +419,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     config = _training_config(args, **overrides)
     try:
-        history = run(config)
+        with quiet_libraries(all_threads=True):  # as for reason: the blocks run in kernels
+            history = run(config)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted; continue with: kernel-bridge train {args.config} --resume",
@@ -434,6 +436,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from kernel_bridge.loading import quiet_libraries
+
+    with quiet_libraries(all_threads=True):  # as for reason: the blocks run in kernels
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     if args.models:
         return _compare(args)
     if args.config is None:

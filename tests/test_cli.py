@@ -396,3 +396,21 @@ def test_setup_ipython_loads_reason_in_every_kernel_and_remove_undoes_it(tmp_pat
     assert setup("--remove").returncode == 0
     assert not startup.exists()
     assert not kernel_knows_reason()
+
+
+def test_train_prints_no_library_warnings(tmp_path):
+    """transformers warns (FutureWarning, is_gradient_checkpointing) when LoRA wraps a model: the
+    terminal of `kernel-bridge train` shows the run's own lines only (issue 15, item 4)."""
+    tasks = tmp_path / "tasks.jsonl"
+    rows = ({"question": f"What is {i} + {i}?", "answer": 2 * i} for i in range(4))
+    tasks.write_text("\n".join(map(json.dumps, rows)))
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        f'model = "tiny"\nlora = true\nlora_rank = 4\ntasks = "{tasks}"\ngroup_size = 2\n'
+        'prompts_per_step = 1\nmax_tokens = 8\nsystem_prompt = "none"\nsteps = 1\n'
+        f'pool_size = 1\nprogress = false\nout_dir = "{tmp_path / "out"}"\n'
+    )
+    done = cli("train", str(config), home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "step 1:" in done.stdout
+    assert "Warning" not in done.stderr and "warnings.warn" not in done.stderr, done.stderr
