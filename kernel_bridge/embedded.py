@@ -267,11 +267,7 @@ def load_adapter(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """
     from safetensors import safe_open
 
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = _checkpoint_weights(path)
-    if not path.is_file():
-        raise EmbeddedModelError(f"no LoRA adapter at {path}")
+    path = _adapter_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -327,11 +323,7 @@ def read_lora_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    source = Path(path).expanduser()
-    if source.is_dir():
-        source = _checkpoint_weights(source)
-    if not source.is_file():
-        raise EmbeddedModelError(f"no LoRA adapter at {source}")
+    source = _adapter_file(path)
     try:
         weights = load_file(str(source))
     except (SafetensorError, OSError) as e:
@@ -346,6 +338,16 @@ def read_lora_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not tensors:
         raise EmbeddedModelError(f"{source} holds no LoRA weights (lora_A / lora_B)")
     return tensors
+
+
+def _adapter_file(path: str | os.PathLike[str]) -> Path:
+    """The weights file an adapter path names (a file, a checkpoint or a run directory)."""
+    found = Path(path).expanduser()
+    if found.is_dir():
+        found = _checkpoint_weights(found)
+    if not found.is_file():
+        raise EmbeddedModelError(f"no LoRA adapter at {found}")
+    return found
 
 
 def _checkpoint_weights(path: Path) -> Path:

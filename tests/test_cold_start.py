@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kernel_bridge.embedded import embedded_available
-from tests.test_magic import Notebook, last_trace, script, summary
+from tests.test_magic import Notebook, last_trace, magic_notebook, script, summary
 
 pytestmark = pytest.mark.slow
 
@@ -48,12 +48,7 @@ class TimedNotebook(Notebook):
 
 @pytest.fixture(scope="module")
 def notebook(tmp_path_factory):
-    root = tmp_path_factory.mktemp("notebook")
-    env = {**os.environ, "KERNEL_BRIDGE_HOME": str(root / "home")}
-    env.pop("KERNEL_BRIDGE_MODEL", None)
-    nb = TimedNotebook(root)
-    with nb.client.setup_kernel(env=env, cwd=str(root)):
-        assert not nb.run("%load_ext kernel_bridge").outputs
+    with magic_notebook(tmp_path_factory.mktemp("notebook"), TimedNotebook) as nb:
         yield nb
 
 

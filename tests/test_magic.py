@@ -6,11 +6,13 @@ test reads the outputs its cells produced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +109,20 @@ class Notebook:
         return self.run(f"%%reason {options}\n{question}")
 
 
-@pytest.fixture(scope="module")
-def notebook(tmp_path_factory):
-    root = tmp_path_factory.mktemp("notebook")
+@contextlib.contextmanager
+def magic_notebook(root: Path, kind: type[Notebook] = Notebook) -> Iterator[Notebook]:
+    """A ``kind`` of notebook in ``root`` with its kernel started and the magic loaded."""
     env = {**os.environ, "KERNEL_BRIDGE_HOME": str(root / "home")}
     env.pop("KERNEL_BRIDGE_MODEL", None)
-    nb = Notebook(root)
+    nb = kind(root)
     with nb.client.setup_kernel(env=env, cwd=str(root)):
         assert not nb.run("%load_ext kernel_bridge").outputs
+        yield nb
+
+
+@pytest.fixture(scope="module")
+def notebook(tmp_path_factory):
+    with magic_notebook(tmp_path_factory.mktemp("notebook")) as nb:
         nb.run("data = [1, 2, 3]")
         yield nb
 
