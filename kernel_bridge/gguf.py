@@ -77,9 +77,14 @@ def load_gguf(
         if not _is_converted(target):
             with _shared_gguf_reader():  # the header is parsed once for all that read it
                 architecture(source)  # a clear error before transformers' own
-                notice = f"Converting {source.name} once into {target} (later loads read it)…"
                 if progress is None:
-                    print(f"kernel-bridge: {notice}", file=sys.stderr, flush=True)
+                    print(
+                        f"kernel-bridge: converting {source.name} once into {target} "
+                        "(later loads read the conversion)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                notice = f"Converting {source.name} once (later loads read the conversion)…"
                 report(progress, "converting", notice, None)
                 _convert(source, target)
         report(progress, "loading", f"Loading {source.name}…", None)

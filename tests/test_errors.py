@@ -14,6 +14,9 @@ from kernel_bridge.errors import KernelBridgeError, UserError
 
 # Raised inside the kernel by the import guard, where the model's code catches ImportError.
 INSIDE_THE_KERNEL = {"kernel_bridge.tools.guard.ImportRefusedError"}
+# Signals that stop running code, like KeyboardInterrupt (which they derive from or stand beside):
+# BaseExceptions on purpose, so that no `except Exception` in the code they stop swallows them.
+STOPS = {"kernel_bridge.execution.shell.BlockTimeout", "kernel_bridge.loading.LoadStopped"}
 
 
 def defined_errors() -> dict[str, type[BaseException]]:
@@ -42,9 +45,10 @@ def test_every_error_of_the_package_derives_from_one_base():
     outside = sorted(
         name
         for name, error in errors.items()
-        if not issubclass(error, KernelBridgeError) and name not in INSIDE_THE_KERNEL
+        if not issubclass(error, KernelBridgeError) and name not in INSIDE_THE_KERNEL | STOPS
     )
     assert outside == []
+    assert all(not issubclass(errors[name], Exception) for name in STOPS)
 
 
 def test_user_errors_keep_their_builtin_base():
