@@ -593,7 +593,7 @@ class _Capture:
 
     def error(self, exc: BaseException) -> None:
         """Record an exception with IPython's traceback, from the block's first frame on: the
-        frames of kernel-bridge that ran it are left out (IPython ignores ``tb_offset``)."""
+        frames of kernel-bridge that ran it are cut from the traceback itself."""
         self.flush_streams()
         etype = type(exc)
         render = getattr(exc, "_render_traceback_", None)  # as IPython honours it
@@ -603,7 +603,11 @@ class _Capture:
             stb = self.shell.SyntaxTB.structured_traceback(etype, exc, [])
         else:
             exc.__traceback__ = _without_our_frames(exc.__traceback__)
-            stb = self.shell.InteractiveTB.structured_traceback(etype, exc, exc.__traceback__)
+            # tb_offset=0: IPython 8 would drop as many leading frames as the shell's default
+            # offset (1, meant for run_cell's own frame), here the block's; IPython 9 ignores it.
+            stb = self.shell.InteractiveTB.structured_traceback(
+                etype, exc, exc.__traceback__, tb_offset=0
+            )
         content = {"ename": etype.__name__, "evalue": str(exc), "traceback": stb}
         self._handle("error", content)
         if self.echo:
