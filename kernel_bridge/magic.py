@@ -29,11 +29,12 @@ progress bars raised by the threads that load and run the model are dropped
 **What the cell shows** (linear in bytes, readable in any frontend): while the run goes, the
 thinking as stream text (ipykernel batches it every 0.2 s), each code block as a Markdown display,
 its real outputs (live in shared mode; forwarded from the sidecar with ``--isolated``) and a status
-line per block. When it ends, that is cleared and one output remains: the trace as
-``application/vnd.kernel-bridge.trace+json`` (the JupyterLab extension draws it), the whole run as
+line per block. When it ends, that is cleared and one view remains: the whole run as
 ``text/html`` (thinking, code, real outputs with their images, the answer: what nbviewer, GitHub,
-VS Code and ``nbconvert`` show), and as ``text/plain`` the answer and a one-line summary. So the
-saved notebook holds each run once.
+VS Code and ``nbconvert`` show), then the trace as ``application/vnd.kernel-bridge.trace+json``
+(packed, as ``kernel_bridge.bundle`` says; the JupyterLab extension draws it and hides the HTML)
+with the answer and a one-line summary as ``text/plain``. So the saved notebook holds each run
+once, and its second copy, the packed trace, is about a third of the trace's size.
 
 **Comm** (target ``kernel_bridge.trace``, one comm per run, for the JupyterLab extension): the
 events of the run in batches, as ``kernel_bridge.events`` defines them (docs/events.schema.json);
@@ -71,6 +72,7 @@ from IPython.display import clear_output, display, update_display
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Int, TraitError, Unicode
 
+from kernel_bridge.bundle import TRACE_MIME, pack_trace
 from kernel_bridge.errors import UserError
 from kernel_bridge.events import (
     COMM_TARGET,
@@ -106,7 +108,6 @@ from kernel_bridge.settings import (
 )
 from kernel_bridge.trace import Trace
 
-TRACE_MIME = "application/vnd.kernel-bridge.trace+json"
 STOP_WAIT_S = 15.0  # how long an interrupted run may take to save its trace
 
 
@@ -265,7 +266,7 @@ class CellRenderer:
         # the extension hides it (its root is div.kb-run). The trace ends the cell.
         display({"text/html": trace_html(trace, answer_only=not self.show_all)}, raw=True)
         display(
-            {TRACE_MIME: trace.to_dict(), "text/plain": summary},
+            {TRACE_MIME: pack_trace(trace), "text/plain": summary},
             raw=True,
             metadata={TRACE_MIME: {"trace_path": str(self.trace_path)}},
         )

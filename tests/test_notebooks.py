@@ -34,6 +34,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from kernel_bridge.bundle import unpack_trace
 from kernel_bridge.magic import TRACE_MIME
 from kernel_bridge.trace import Trace, load_traces
 
@@ -171,7 +172,7 @@ def answer_of(cell: nbformat.NotebookNode) -> str:
     (page,) = [
         o for o in cell.outputs if 'class="kb-run"' in o.get("data", {}).get("text/html", "")
     ]
-    answer = view.data[TRACE_MIME]["answer"]
+    answer = unpack_trace(view.data[TRACE_MIME]).answer
     assert answer and escape(answer) in page.data["text/html"]
     return answer
 

@@ -3,7 +3,8 @@
 - ``schema/plugin.json``: the ``%%reason`` defaults of the settings (``kernel_bridge.settings``);
 - ``test/scripted-run.json``: what the kernel sends the sidebar for a real run of
   ``tests/scripts/primes.txt`` (the ScriptedSampler stands in for the model; the kernel is real),
-  its ids, paths and times made fixed, with the trace and its pieces (``trace_pieces``).
+  its ids, paths and times made fixed, with the trace, its pieces (``trace_pieces``) and the
+  packed bundle the finished cell holds (``kernel_bridge.bundle``).
 
 Run it from anywhere after changing either side: ``npm run sync:python`` in labextension/.
 tests/test_events.py fails while a committed file is stale.
@@ -88,6 +89,10 @@ def fixture_text(recording: dict[str, Any]) -> str:
     trace["timings"] = {key: 1.0 for key in trace.get("timings", {})}
     for step in trace["steps"]:
         step.update(started=1738324800.0 + step["index"], duration_s=0.01)
+    from kernel_bridge.bundle import pack_trace
+    from kernel_bridge.trace import Trace
+
+    data["bundle"] = pack_trace(Trace.from_dict(trace))
     about = (
         "Written by labextension/scripts/sync_from_python.py from a real run of "
         "tests/scripts/primes.txt; do not edit."

@@ -12,7 +12,8 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 import { NotebookTraces } from './model';
 import { applyEvents, closeTrace, completeTrace, fromTrace, openTrace } from './reducer';
-import { COMM_TARGET, CommEvent, ICommOpenData, ITraceJSON, TRACE_MIME } from './types';
+import { bundleId, readTraceBundle } from './bundle';
+import { COMM_TARGET, CommEvent, ICommOpenData, TRACE_MIME } from './types';
 
 export class NotebookConnection implements IDisposable {
   constructor(
@@ -128,12 +129,19 @@ export class NotebookConnection implements IDisposable {
       return;
     }
     const content = msg.content as KernelMessage.IDisplayDataMsg['content'];
-    const trace = content.data?.[TRACE_MIME] as unknown as ITraceJSON | undefined;
-    if (!trace || typeof trace !== 'object' || !trace.id) {
+    if (!bundleId(content.data?.[TRACE_MIME])) {
       return;
     }
     const meta = content.metadata?.[TRACE_MIME] as { trace_path?: string } | undefined;
-    const path = meta?.trace_path ?? null;
+    void this._putBundle(content.data[TRACE_MIME], meta?.trace_path ?? null);
+  }
+
+  /** A finished run's bundle joins the history, completing the live trace of the same id. */
+  private async _putBundle(bundle: unknown, path: string | null): Promise<void> {
+    const trace = await readTraceBundle(bundle);
+    if (!trace || this._disposed) {
+      return;
+    }
     const known = this.traces.get(trace.id);
     this.traces.put(known ? completeTrace(known, trace, path) : fromTrace(trace, path));
   }
@@ -147,10 +155,12 @@ export class NotebookConnection implements IDisposable {
     for (let i = 0; i < cells.length; i++) {
       const cell = cells.get(i).toJSON() as any;
       for (const output of cell.outputs ?? []) {
-        const trace = output.data?.[TRACE_MIME] as ITraceJSON | undefined;
-        if (trace?.id && !this.traces.get(trace.id)) {
-          const path = output.metadata?.[TRACE_MIME]?.trace_path ?? null;
-          this.traces.put(fromTrace(trace, path));
+        const id = bundleId(output.data?.[TRACE_MIME]);
+        if (id && !this.traces.get(id)) {
+          void this._putBundle(
+            output.data[TRACE_MIME],
+            output.metadata?.[TRACE_MIME]?.trace_path ?? null
+          );
         }
       }
     }

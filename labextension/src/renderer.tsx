@@ -1,6 +1,6 @@
 /**
  * The renderer of `application/vnd.kernel-bridge.trace+json`, the bundle a `%%reason` run
- * displays last: the whole trace, drawn by the same view as the sidebar. It is what a saved
+ * displays last (packed: ./bundle.ts): the whole trace, drawn by the same view as the sidebar. It is what a saved
  * notebook shows when it is opened again.
  */
 import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
@@ -8,9 +8,10 @@ import { Widget } from '@lumino/widgets';
 import * as React from 'react';
 import { createRoot, Root } from 'react-dom/client';
 
+import { readTraceBundle } from './bundle';
 import { fromTrace } from './reducer';
 import { IRenderServices, TraceView } from './traceview';
-import { ITraceJSON, TRACE_MIME } from './types';
+import { TRACE_MIME } from './types';
 
 export class TraceRenderer extends Widget implements IRenderMime.IRenderer {
   constructor(
@@ -22,9 +23,12 @@ export class TraceRenderer extends Widget implements IRenderMime.IRenderer {
   }
 
   async renderModel(model: IRenderMime.IMimeModel): Promise<void> {
-    const data = model.data[TRACE_MIME] as unknown as ITraceJSON;
+    const data = await readTraceBundle(model.data[TRACE_MIME]);
     const meta = model.metadata[TRACE_MIME] as { trace_path?: string } | undefined;
-    if (!data || typeof data !== 'object' || !Array.isArray(data.segments)) {
+    if (this.isDisposed) {
+      return; // the output went while the trace was unpacked
+    }
+    if (!data) {
       this.node.textContent = 'kernel-bridge: this output holds no readable trace';
       return;
     }

@@ -14,6 +14,7 @@ import { NotebookConnection } from './connection';
 import { saveLabels, traceCells } from './kernelactions';
 import { ISidebarActions, Sidebar, tracesToJSONL } from './sidebar';
 import { IRenderServices } from './traceview';
+import { bundleId } from './bundle';
 import { ICellJSON, ILabels, TRACE_MIME } from './types';
 
 /** The sidebar as a widget that follows the active notebook. */
@@ -179,7 +180,7 @@ export function insertBelowTrace(
   for (let i = 0; i < model.cells.length; i++) {
     const cell = model.cells.get(i).toJSON() as any;
     const holds = (cell.outputs ?? []).some(
-      (output: any) => output.data?.[TRACE_MIME]?.id === traceId
+      (output: any) => bundleId(output.data?.[TRACE_MIME]) === traceId
     );
     if (holds) {
       at = i;
@@ -209,8 +210,8 @@ export function setTraceLabels(panel: NotebookPanel, traceId: string, labels: IL
     const outputs = (cell as ICodeCellModel).outputs;
     for (let j = 0; j < outputs.length; j++) {
       const output = outputs.get(j);
-      const trace = output.data[TRACE_MIME] as { id?: string } | undefined;
-      if (trace?.id === traceId) {
+      const trace = output.data[TRACE_MIME] as object | undefined;
+      if (bundleId(trace) === traceId) {
         const json = output.toJSON() as any;
         outputs.set(j, { ...json, data: { ...json.data, [TRACE_MIME]: { ...trace, labels } } });
       }

@@ -10,6 +10,8 @@ export const OPEN: ICommOpenData = run.open as ICommOpenData;
 export const EVENTS: CommEvent[][] = run.messages.map(message => message.events as CommEvent[]);
 export const RUN_TRACE: ITraceJSON = run.trace as unknown as ITraceJSON;
 export const PIECES: IPiece[] = run.pieces;
+/** The bundle the run's finished cell holds: the trace packed by kernel_bridge.bundle. */
+export const BUNDLE = run.bundle;
 
 /** A piece of a saved trace as kernel_bridge.trace.trace_pieces yields it. */
 export interface IPiece {
