@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import queue
+import random
 import sys
 import tempfile
 import threading
@@ -45,10 +46,35 @@ MSG_RATE_LIMIT = 1000  # jupyter_server's ZMQChannelsHandler defaults
 DATA_RATE_LIMIT = 1_000_000
 DELIMITER = b"<IDS|MSG>"
 
-PROSE = (
-    "Let me check this intermediate result carefully before moving on, because an early "
-    "mistake would carry into every later step of the computation.\n"
-)
+# Thinking prose is drawn from these words with a fixed seed: text that compresses about as well
+# as a model's thinking does (gzip: about 3×), not one sentence repeated (which gzip shrinks 50×
+# and would flatter every packed figure).
+VOCABULARY = """let me check the value first then compute each term and compare it with
+    what the question asks so the sum of all divisors below that bound should
+    be smaller than expected because every prime factor appears once in this list but
+    twice in the other one which means the loop over rows must skip duplicates
+    before it counts them now I need the largest result after sorting by the
+    second column where ties keep their order a quick test on small inputs shows
+    whether the formula holds otherwise the recursion is wrong at the base case maybe
+    a table of squares and cubes makes the pattern clear since its growth is
+    polynomial not exponential the answer must be an integer so round only at the
+    end and print it"""
+WORDS = VOCABULARY.split()
+
+
+def prose(rng: random.Random, chars: int) -> str:
+    """About ``chars`` characters of sentences of random words and numbers, ending in a newline."""
+    out: list[str] = []
+    size = 0
+    while size < chars:
+        words = [
+            str(rng.randint(2, 99_999)) if rng.random() < 0.08 else rng.choice(WORDS)
+            for _ in range(rng.randint(6, 22))
+        ]
+        sentence = " ".join(words).capitalize() + rng.choice((". ", ". ", ", so ", "? ", ".\n"))
+        out.append(sentence)
+        size += len(sentence)
+    return "".join(out).rstrip() + "\n"
 
 
 def make_script(chars: int, blocks: int) -> str:
@@ -58,10 +84,11 @@ def make_script(chars: int, blocks: int) -> str:
         "    print(*row)\n"
     )
     output_chars = 40 * 14  # what each block prints, roughly
-    per_block = max(len(PROSE), (chars - blocks * (output_chars + 110)) // blocks)
+    per_block = max(100, (chars - blocks * (output_chars + 110)) // blocks)
+    rng = random.Random(0)
     parts = ["<think>\n"]
     for i in range(blocks):
-        parts.append(PROSE * (per_block // len(PROSE)))
+        parts.append(prose(rng, per_block))
         parts.append(f"```python\n{code.format(start=i * 40)}```\n")
     parts.append(
         f"That covers every block.\n</think>\n<answer>All **{blocks}** blocks ran.</answer>"
@@ -338,8 +365,21 @@ def main() -> None:
             if s["text"]
         )
         naive_id = run_cell(kc, counter, NAIVE_CELL.format(path=str(traces), delta=args.delta), 600)
+        # The same run with the JupyterLab extension attached: the call it makes on connecting.
+        attach = "__import__('kernel_bridge.lab').lab.apply_settings({'live_view': %s})"
+        run_cell(kc, counter, attach % True, 30)
+        live_id = run_cell(kc, counter, cell, 300)
+        live_cell_bytes = counter.saved_cell_bytes(live_id)
+        run_cell(kc, counter, attach % False, 30)
         ours = figures(
-            "%%reason (stream + display + comm + trace bundle)", counter.of(ours_id), len(line)
+            "%%reason, no extension (stream + display + comm + trace bundle)",
+            counter.of(ours_id),
+            len(line),
+        )
+        attached = figures(
+            "%%reason, extension attached (live bundle + comm + trace bundle)",
+            counter.of(live_id),
+            len(line),
         )
         naive = figures(
             f"display-handle update per {args.delta}-char delta", counter.of(naive_id), len(line)
@@ -361,7 +401,7 @@ def main() -> None:
             f"%%reason --model {args.cold_model} --max-steps 1\n{question}", work
         )
 
-    rows = [ours, naive]
+    rows = [ours, attached, naive]
     print(
         f"# %%reason streaming: one {text_chars:,}-character assistant turn "
         f"({args.blocks} blocks), trace JSON {len(line):,} bytes\n"
@@ -382,7 +422,8 @@ def main() -> None:
         )
     print(
         f"\nThe saved %%reason cell: {cell_bytes:,} bytes of outputs, "
-        f"{cell_bytes / len(line):.2f}× the trace.\n"
+        f"{cell_bytes / len(line):.2f}× the trace ({live_cell_bytes:,} bytes, "
+        f"{live_cell_bytes / len(line):.2f}×, with the extension attached).\n"
     )
     received = naive.by_type.get("update_display_data", [0])[0]
     dropped = updates - received
@@ -392,10 +433,12 @@ def main() -> None:
         + (f" ({dropped:,} dropped at ZeroMQ's high-water mark)" if dropped else "")
         + "\n"
     )
-    print("| %%reason message type | messages | bytes | ÷ trace size |")
-    print("|---|---:|---:|---:|")
-    for kind, (count, size) in ours.by_type.items():
-        print(f"| {kind} | {count:,} | {size:,} | {size / len(line):.2f} |")
+    for f in (ours, attached):
+        print(f"| {f.name}: message type | messages | bytes | ÷ trace size |")
+        print("|---|---:|---:|---:|")
+        for kind, (count, size) in f.by_type.items():
+            print(f"| {kind} | {count:,} | {size:,} | {size / len(line):.2f} |")
+        print()
     print(f"\n| {STEP_BLOCKS} trivial blocks | ms per step | ÷ CLI |\n|---|---:|---:|")
     for name, seconds in steps.items():
         print(f"| {name} | {seconds * 1000:.1f} | {seconds / steps['CLI']:.2f} |")
@@ -414,6 +457,7 @@ def main() -> None:
                     "rows": [asdict(f) | {"ratio": f.ratio} for f in rows],
                     "step_seconds": steps,
                     "saved_cell_bytes": cell_bytes,
+                    "saved_cell_bytes_extension_attached": live_cell_bytes,
                     "first_visible_line_s": cold,
                 },
                 indent=2,

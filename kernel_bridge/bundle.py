@@ -14,6 +14,11 @@ into it without unpacking the trace.
 
 Labels written beside the packed trace win over the trace's own (they are the newer). A bundle
 that is the trace's plain JSON (notebooks saved before the packing) is read as it is.
+
+While a run goes, a cell whose notebook has the extension attached holds a *live* bundle instead:
+``{"id": "…", "live": true}``, no trace. The extension draws that run from the events of its comm,
+which it holds already, so the cell costs no second copy of the run on the wire; the finished
+bundle replaces it when the run ends.
 """
 
 from __future__ import annotations
@@ -38,8 +43,15 @@ def pack_trace(trace: Trace) -> dict[str, Any]:
     return {"id": trace.id, "encoding": ENCODING, "trace": base64.b64encode(packed).decode()}
 
 
+def live_bundle(trace_id: str) -> dict[str, Any]:
+    """The bundle of a running cell whose run the extension draws from its comm."""
+    return {"id": trace_id, "live": True}
+
+
 def unpack_trace(bundle: Mapping[str, Any]) -> Trace:
     """The trace a cell's bundle holds, packed or plain (``TraceFormatError``: what is wrong)."""
+    if bundle.get("live"):
+        raise TraceFormatError("trace bundle: a running cell's live bundle holds no trace yet")
     if "encoding" not in bundle:
         return Trace.from_dict(bundle)
     if bundle["encoding"] != ENCODING:
@@ -57,4 +69,4 @@ def unpack_trace(bundle: Mapping[str, Any]) -> Trace:
     return Trace.from_dict(data)
 
 
-__all__ = ["ENCODING", "TRACE_MIME", "pack_trace", "unpack_trace"]
+__all__ = ["ENCODING", "TRACE_MIME", "live_bundle", "pack_trace", "unpack_trace"]

@@ -90,6 +90,7 @@ def apply_settings(args: Mapping[str, Any]) -> JSONResult:
 
     Sets ``ReasonMagics`` in IPython's config, so a later ``%load_ext kernel_bridge`` takes them,
     and on the magics if they are loaded already. An empty model leaves the model alone.
+    ``live_view``: the extension is attached and draws running cells from the comm.
     """
     from IPython import get_ipython
 
@@ -103,6 +104,8 @@ def apply_settings(args: Mapping[str, Any]) -> JSONResult:
         values["isolated"] = bool(args["isolated"])
     if args.get("max_steps") is not None:
         values["max_steps"] = int(args["max_steps"])
+    if "live_view" in args:
+        values["live_view"] = bool(args["live_view"])
     for name, value in values.items():
         setattr(shell.config.ReasonMagics, name, value)
     magics = shell.magics_manager.registry.get("ReasonMagics")

@@ -36,6 +36,13 @@ VS Code and ``nbconvert`` show), then the trace as ``application/vnd.kernel-brid
 with the answer and a one-line summary as ``text/plain``. So the saved notebook holds each run
 once, and its second copy, the packed trace, is about a third of the trace's size.
 
+**With the extension attached** (it sets ``ReasonMagics.live_view`` when it connects to the
+kernel) the running cell streams nothing of its own: it holds one live bundle (``{"id", "live"}``)
+that the extension draws from the run's comm, which it reads anyway for the sidebar, and the
+blocks' outputs reach the cell only through that view. One copy of the run crosses the wire while
+it runs instead of two; the finished cell is the same either way. A kernel that more than one
+frontend watches shows the others only the live bundle's text line until the run ends.
+
 **Comm** (target ``kernel_bridge.trace``, one comm per run, for the JupyterLab extension): the
 events of the run in batches, as ``kernel_bridge.events`` defines them (docs/events.schema.json);
 the cell only hands them on (``TraceComm``). With no frontend listening the messages cost only
@@ -72,7 +79,7 @@ from IPython.display import clear_output, display, update_display
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Int, TraitError, Unicode
 
-from kernel_bridge.bundle import TRACE_MIME, pack_trace
+from kernel_bridge.bundle import TRACE_MIME, live_bundle, pack_trace
 from kernel_bridge.errors import UserError
 from kernel_bridge.events import (
     COMM_TARGET,
@@ -130,6 +137,8 @@ class CellRenderer:
 
     ``live_outputs``: the blocks' outputs already reach the cell as they run (shared mode), so
     ``StepOutput`` events only go to the comm; otherwise (a sidecar kernel) they are shown here.
+    ``live_view``: the extension draws the run from the comm, so the cell holds only a live bundle
+    until the run ends (needs ``comm``).
     """
 
     def __init__(
@@ -141,6 +150,7 @@ class CellRenderer:
         mode: str,
         cells: bool,
         comm: bool,
+        live_view: bool = False,
     ) -> None:
         self.show_all = show == "all"
         self.live_outputs = live_outputs
@@ -148,7 +158,10 @@ class CellRenderer:
         self.mode = mode
         self.cells = cells
         self.comm = TraceComm(mode=mode, trace_path=str(trace_path)) if comm else None
+        self.live_view = live_view and self.comm is not None
         self.finished = False
+        self._trace_id: str | None = None
+        self._live_shown = False
         self._line_start = True  # nothing streamed since the last display: skip leading blanks
         self._blank = ""  # trailing blank space not written yet
         self._open_line = False  # prose written without its final newline
@@ -156,6 +169,7 @@ class CellRenderer:
     def start(self, trace_id: str, model: str, question: str) -> None:
         """The cell started: open the run's comm now, so the sidebar shows this run while the
         model loads (its trace will take ``trace_id``)."""
+        self._trace_id = trace_id
         if self.comm:
             self.comm.open(trace_id, model, question)
 
@@ -172,7 +186,11 @@ class CellRenderer:
     def handle(self, event: Any) -> None:
         if self.comm:
             self.comm.handle(event)
-        if isinstance(event, TextDelta):
+        if isinstance(event, RunFinished):
+            self.finish(event.trace)
+        elif self.live_view:
+            self._show_live()
+        elif isinstance(event, TextDelta):
             if self.show_all and event.section != "answer":
                 self._write(event.raw)
         elif isinstance(event, CodeEnd):
@@ -181,11 +199,8 @@ class CellRenderer:
         elif isinstance(event, StepOutput):
             if self.show_all and not self.live_outputs:
                 self._show_output(event.output)
-        elif isinstance(event, StepFinished):
-            if self.show_all:
-                self._show_status(event.step)
-        elif isinstance(event, RunFinished):
-            self.finish(event.trace)
+        elif isinstance(event, StepFinished) and self.show_all:
+            self._show_status(event.step)
 
     def idle(self) -> None:
         """Nothing arrived for a moment: send what the comm holds."""
@@ -193,6 +208,19 @@ class CellRenderer:
             self.comm.flush()
 
     # -- pieces -------------------------------------------------------------------------------
+
+    def _show_live(self) -> None:
+        """The live bundle, once: after the model loaded (the load's display clears the cell's
+        outputs when it ends), before the run's first text."""
+        if self._live_shown or self._trace_id is None:
+            return
+        self._live_shown = True
+        line = f"kernel-bridge · running · trace {self._trace_id} in {self.trace_path}"
+        display(
+            {TRACE_MIME: live_bundle(self._trace_id), "text/plain": line},
+            raw=True,
+            metadata={TRACE_MIME: {"trace_path": str(self.trace_path)}},
+        )
 
     def _write(self, text: str) -> None:
         """Stream prose; blank space is held back until more text follows, so no output of the
@@ -530,6 +558,11 @@ class ReasonMagics(Magics):
         config=True
     )
     comm = Bool(True, help="Send live events over the kernel_bridge.trace comm.").tag(config=True)
+    live_view = Bool(
+        False,
+        help="A frontend draws the running cell from the comm (the JupyterLab extension sets this "
+        "when it connects): the cell holds one live view instead of streaming its own copy.",
+    ).tag(config=True)
     tools = Unicode(
         "",
         help="Toolsets installed for the model, comma-separated: finance, documents, or the name "
@@ -557,6 +590,7 @@ class ReasonMagics(Magics):
         "sandbox",
         "interpolate",
         "comm",
+        "live_view",
         "tools",
         "cutoff",
         "authorized_imports",
@@ -649,6 +683,7 @@ class ReasonMagics(Magics):
             mode="isolated" if options.isolated else "shared",
             cells=options.cells,
             comm=self.comm,
+            live_view=self.live_view,
         )
         trace_id = uuid.uuid4().hex
         loading = LoadingView(renderer.comm)
@@ -890,7 +925,7 @@ class ReasonMagics(Magics):
                 self.shell,
                 submit=lambda job: mailbox.put(("job", job)),
                 parent=self,
-                echo=options.show == "all",
+                echo=options.show == "all" and not renderer.live_view,
             )
         try:
             reasoner = spec.reasoner(sampler, executor)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from kernel_bridge.bundle import pack_trace, unpack_trace
+from kernel_bridge.bundle import live_bundle, pack_trace, unpack_trace
 from kernel_bridge.trace import TraceFormatError
 from tests.test_trace import realistic_trace
 
@@ -53,4 +53,11 @@ def test_a_plain_bundle_from_an_older_notebook_is_read_as_it_is():
 def test_a_damaged_bundle_is_one_clear_error(change, message):
     bundle = {**pack_trace(realistic_trace()), **change}
     with pytest.raises(TraceFormatError, match=message):
+        unpack_trace(bundle)
+
+
+def test_a_running_cells_live_bundle_names_its_run_and_holds_no_trace():
+    bundle = live_bundle("f00d")
+    assert bundle == {"id": "f00d", "live": True}
+    with pytest.raises(TraceFormatError, match="live bundle holds no trace"):
         unpack_trace(bundle)

@@ -157,7 +157,7 @@ def summary(cell) -> list[str]:
             elif meta:
                 labels.append(meta["kind"])
             elif TRACE_MIME in out.data:
-                labels.append("trace")
+                labels.append("live" if out.data[TRACE_MIME].get("live") else "trace")
             elif 'class="kb-run"' in out.data.get("text/html", ""):
                 continue  # the run as HTML, for viewers without the extension: just before "trace"
             else:
@@ -234,6 +234,38 @@ def test_the_saved_notebook_shows_the_run_once_without_the_extension(notebook, t
     # One copy: the cell is the trace plus its view, not a stream and a trace besides.
     size = len(json.dumps(cell.outputs))
     assert size < 2 * len(last_trace(trace_file).to_json()), size
+
+
+@pytest.mark.parametrize("isolated", ["", "--isolated"])
+def test_with_the_extension_attached_the_running_cell_holds_one_live_view(
+    notebook, trace_file, isolated
+):
+    """The extension attaches with the call it makes when it connects to a kernel; the running
+    cell then streams no copy of its own: one live bundle, which the extension draws from the
+    comm, until the finished run's one view replaces it."""
+    attach = "__import__('kernel_bridge.lab').lab.apply_settings({'live_view': %s})"
+    notebook.run(attach % True)
+    try:
+        cell = notebook.reason(
+            f"{isolated} --model {script('magic_rich.txt')} --trace {trace_file}", "Rows?"
+        )
+        streamed, live, events = notebook.streamed(), notebook.live[0], notebook.comm_log[1:-1]
+    finally:
+        notebook.run(attach % False)
+    trace = last_trace(trace_file)
+    assert streamed == ["live", "clear", "trace"]
+    assert live.data[TRACE_MIME] == {"id": trace.id, "live": True}
+    # The comm carried the whole run: thinking, the code, the block's outputs, its end.
+    think = "".join(e["text"] for e in events if e["type"] == "text" and e["section"] == "think")
+    assert think.strip().startswith("First the squares") and "three rows" in think
+    # (The sidecar has no `data`: there the block's one output is its NameError.)
+    outputs = [e["output"] for e in events if e["type"] == "output"]
+    assert outputs and outputs == trace.steps[0].outputs
+    assert events[-1]["type"] == "finished" and events[-1]["finish_reason"] == "answer"
+    # The finished cell is what it is without the extension.
+    view, bundle = cell.outputs
+    assert unpack_trace(bundle.data[TRACE_MIME]).to_dict() == trace.to_dict()
+    assert "First the squares" in view.data["text/html"]
 
 
 def test_trace_bundle_ends_the_cell_and_matches_the_saved_trace(notebook, trace_file):

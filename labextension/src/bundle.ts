@@ -1,7 +1,8 @@
 /**
  * The trace bundle a finished `%%reason` cell holds (kernel_bridge/bundle.py): the trace's JSON
  * line gzipped and in base64, with its `id` and the user's `labels` in the clear. Notebooks saved
- * before the packing hold the trace's plain JSON; both are read here, and nowhere else.
+ * before the packing hold the trace's plain JSON; both are read here, and nowhere else. While a
+ * run goes, a cell of a kernel that knows the extension is attached holds a live bundle instead.
  */
 import { ILabels, ITraceJSON } from './types';
 
@@ -11,6 +12,14 @@ export interface ITraceBundle {
   encoding: 'gzip+base64';
   trace: string;
   labels?: ILabels;
+}
+
+/**
+ * The id of a running cell's live bundle, `{id, live: true}`, which holds no trace: the
+ * extension draws that run from its comm's events (null for any other bundle).
+ */
+export function liveBundleId(data: unknown): string | null {
+  return (data as { live?: unknown } | null | undefined)?.live === true ? bundleId(data) : null;
 }
 
 /** The id of the run a bundle holds, without unpacking it (null for no bundle). */

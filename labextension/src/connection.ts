@@ -10,7 +10,7 @@ import { Kernel, KernelMessage } from '@jupyterlab/services';
 import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { NotebookTraces } from './model';
+import { allTraces, NotebookTraces } from './model';
 import { applyEvents, closeTrace, completeTrace, fromTrace, openTrace } from './reducer';
 import { bundleId, readTraceBundle } from './bundle';
 import { COMM_TARGET, CommEvent, ICommOpenData, TRACE_MIME } from './types';
@@ -26,6 +26,7 @@ export class NotebookConnection implements IDisposable {
     context.statusChanged.connect(this._onStatus, this);
     context.iopubMessage.connect(this._onIOPub, this);
     traces.changed.connect(this._emit, this);
+    allTraces.add(traces);
     panel.title.changed.connect(this._emit, this);
     this._register(context.session?.kernel ?? null);
     void panel.context.ready.then(() => this._readSavedTraces());
@@ -58,6 +59,7 @@ export class NotebookConnection implements IDisposable {
     context.statusChanged.disconnect(this._onStatus, this);
     context.iopubMessage.disconnect(this._onIOPub, this);
     this.traces.changed.disconnect(this._emit, this);
+    allTraces.remove(this.traces);
     this.panel.title.changed.disconnect(this._emit, this);
     if (this._kernel && !this._kernel.isDisposed) {
       this._kernel.removeCommTarget(COMM_TARGET, this._onComm);

@@ -19,7 +19,7 @@ import { JSONExt } from '@lumino/coreutils';
 
 import { NotebookConnection } from './connection';
 import { applySettings } from './kernelactions';
-import { NotebookTraces } from './model';
+import { allTraces, NotebookTraces } from './model';
 import { traceRendererFactory } from './renderer';
 import { renderServices } from './services';
 import { TraceSidebar } from './sidebarwidget';
@@ -72,7 +72,8 @@ const rendererPlugin: JupyterFrontEndPlugin<void> = {
     rendermime.addFactory(
       traceRendererFactory(
         trusted => renderServices(rendermime, languages, trusted),
-        () => showThinking
+        () => showThinking,
+        allTraces
       ),
       50
     );
@@ -118,12 +119,11 @@ const sidebarPlugin: JupyterFrontEndPlugin<void> = {
       }
       return values;
     };
+    // Every Python kernel also hears that the extension is attached (`live_view`): a running
+    // %%reason cell then holds one live view, drawn from the comm the sidebar reads anyway,
+    // instead of streaming a second copy of the run.
     const apply = (kernel: Kernel.IKernelConnection) => {
-      const values = kernelSettings();
-      if (Object.keys(values).length === 0) {
-        return;
-      }
-      applySettings(kernel, values).catch(error =>
+      applySettings(kernel, { ...kernelSettings(), live_view: true }).catch(error =>
         // A Python kernel without kernel_bridge: nothing to configure.
         console.debug('kernel-bridge: settings not applied', error)
       );

@@ -71,7 +71,7 @@ export function traceCells(
 /** Make the settings the defaults of `%%reason` in this kernel (now, or once it is loaded). */
 export function applySettings(
   kernel: Kernel.IKernelConnection,
-  settings: { model?: string; isolated?: boolean; max_steps?: number }
+  settings: { model?: string; isolated?: boolean; max_steps?: number; live_view?: boolean }
 ): Promise<unknown> {
   return call(kernel, 'apply_settings', settings);
 }

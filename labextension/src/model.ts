@@ -63,3 +63,45 @@ export class NotebookTraces {
   private _selectedId: string | null = null;
   private _changed = new Signal<this, void>(this);
 }
+
+/**
+ * Every open notebook's traces, found by id. A running cell whose kernel knows the extension is
+ * attached holds only a live bundle (bundle.ts); its renderer draws the run from here, from the
+ * same events the sidebar reads.
+ */
+export class AllTraces {
+  /** One of the notebooks' traces changed. */
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  add(traces: NotebookTraces): void {
+    this._all.add(traces);
+    traces.changed.connect(this._emit, this);
+  }
+
+  remove(traces: NotebookTraces): void {
+    this._all.delete(traces);
+    traces.changed.disconnect(this._emit, this);
+  }
+
+  get(id: string): ITraceView | undefined {
+    for (const traces of this._all) {
+      const view = traces.get(id);
+      if (view) {
+        return view;
+      }
+    }
+    return undefined;
+  }
+
+  private _emit(): void {
+    this._changed.emit();
+  }
+
+  private _all = new Set<NotebookTraces>();
+  private _changed = new Signal<this, void>(this);
+}
+
+/** The one registry the notebooks' connections join and the trace renderer reads. */
+export const allTraces = new AllTraces();

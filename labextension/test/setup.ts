@@ -23,3 +23,8 @@ import { cleanup } from '@testing-library/react';
 import { afterEach } from 'vitest';
 
 afterEach(cleanup);
+
+// jsdom has no DragEvent, which @lumino/dragdrop (imported by @lumino/widgets) subclasses.
+if (typeof globalThis.DragEvent === 'undefined') {
+  (globalThis as any).DragEvent = class DragEvent extends MouseEvent {};
+}

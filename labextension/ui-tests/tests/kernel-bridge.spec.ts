@@ -116,6 +116,12 @@ test.describe('kernel-bridge', () => {
     await expect(step).toHaveAttribute('data-status', 'running', { timeout: SLOW });
     const stop = sidebar.getByRole('button', { name: 'Stop the run' });
     await expect(stop).toBeEnabled();
+    // The running cell holds one view of the run, drawn from the events the sidebar reads: the
+    // thinking and the running step, and no streamed copy of them beside it.
+    const outputs = (await page.notebook.getCellLocator(1))!.locator('.jp-OutputArea-output');
+    await expect(outputs.locator('.kb-Step').first()).toHaveAttribute('data-status', 'running');
+    await expect(outputs.first()).toContainText('This will take a while.');
+    await expect(outputs).toHaveCount(1);
     await screenshot(sidebar, 'sidebar-running.png');
     await screenshot(page, 'lab-running.png');
     const pressed = Date.now();
