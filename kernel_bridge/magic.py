@@ -100,7 +100,7 @@ from kernel_bridge.loading import (
     quiet_libraries,
 )
 from kernel_bridge.parsing import CodeEnd, TextDelta
-from kernel_bridge.reasoner import RunFinished, StepFinished, StepOutput
+from kernel_bridge.reasoner import Reasoner, RunFinished, StepFinished, StepOutput
 from kernel_bridge.runspec import RunSpec, RunSpecError, check_model, load_tools
 from kernel_bridge.settings import (
     ISOLATED,
@@ -187,7 +187,7 @@ class CellRenderer:
         if self.comm:
             self.comm.handle(event)
         if isinstance(event, RunFinished):
-            self.finish(event.trace)
+            self.finish(event.trace, event.saved_to, event.save_error)
         elif self.live_view:
             self._show_live()
         elif isinstance(event, TextDelta):
@@ -272,8 +272,12 @@ class CellRenderer:
     def _show_status(self, step: Any) -> None:
         self._display({"text/plain": step_line(step)}, "step", index=step.index, status=step.status)
 
-    def finish(self, trace: Trace | None) -> None:
-        """The run ended (or was stopped): the answer, the cells, the trace bundle, the comm."""
+    def finish(
+        self, trace: Trace | None, saved_to: Path | None = None, save_error: str | None = None
+    ) -> None:
+        """The run ended (or was stopped): the answer, the cells, the trace bundle, the comm.
+        ``saved_to`` and ``save_error`` are ``RunFinished``'s: the summary and the bundle's
+        ``trace_path`` name the file that holds the trace, a fallback file if the store failed."""
         if self.finished:
             return
         self.finished = True
@@ -285,7 +289,9 @@ class CellRenderer:
         # the same run as HTML (any other notebook viewer) take its place.
         self._end_line()
         clear_output()
-        summary = f"kernel-bridge · {run_summary(trace)} · trace {trace.id} in {self.trace_path}"
+        held = saved_to or (None if save_error else self.trace_path)  # None: saved nowhere
+        where = f"in {held}" if held else "not saved"
+        summary = f"kernel-bridge · {run_summary(trace)} · trace {trace.id} {where}"
         # The answer is in the HTML below, so a saved cell shows it once in any viewer.
         if not trace.answer and trace.finish_reason not in ("interrupted", "error"):
             summary = f"no answer\n\n{summary}"
@@ -296,11 +302,13 @@ class CellRenderer:
         display(
             {TRACE_MIME: pack_trace(trace), "text/plain": summary},
             raw=True,
-            metadata={TRACE_MIME: {"trace_path": str(self.trace_path)}},
+            metadata={TRACE_MIME: {"trace_path": str(held)} if held else {}},
         )
         if self.cells and trace.segments:
             self._write_cells(trace)
         if self.comm:
+            if held:
+                self.comm.trace_path = str(held)  # the sidebar's finished event names it too
             self.comm.finish(trace)
 
     def _write_cells(self, trace: Trace) -> None:
@@ -953,7 +961,7 @@ class ReasonMagics(Magics):
             stopped = True
         if trace is not None:
             self.history.append((question, trace))
-        self._report(trace, task if task.done() else None, stopped, spec.trace_path)
+        self._report(trace, task if task.done() else None, stopped, reasoner, spec.trace_path)
 
     def _serve(
         self, mailbox: queue.Queue[tuple[str, Any]], renderer: CellRenderer, cancel: Any
@@ -984,21 +992,33 @@ class ReasonMagics(Magics):
                     cancel()
 
     def _report(
-        self, trace: Trace | None, task: asyncio.Task[None] | None, stopped: bool, path: Path
+        self,
+        trace: Trace | None,
+        task: asyncio.Task[None] | None,
+        stopped: bool,
+        reasoner: Reasoner,
+        path: Path,
     ) -> None:
-        """End the cell: quietly for a finished run, with one error line otherwise."""
+        """End the cell: quietly for a finished run saved to ``path``, with one error line
+        otherwise (as the CLI's: a store that could not be written is named, with why and where
+        the trace went instead)."""
         failure = task.exception() if task is not None and not task.cancelled() else None
         if failure is not None or trace is None:
             raise ReasonError(f"the run failed: {type(failure).__name__}: {failure}")
-        where = f"trace {trace.id} saved to {path}"
         if trace.finish_reason is None:  # still winding down after STOP_WAIT_S
             raise ReasonError(
                 f"interrupted; the run is still stopping, trace {trace.id} goes to {path}"
             )
+        where = f"trace {trace.id} saved to {path}"
+        if reasoner.save_error is not None:
+            instead = f"; saved it to {reasoner.saved_to} instead" if reasoner.saved_to else ""
+            where = reasoner.save_error + instead
         if trace.finish_reason == "interrupted":
             raise ReasonError(f"interrupted; {where}")
         if trace.finish_reason == "error":
             raise ReasonError(f"{trace.error}; {where}")
+        if reasoner.save_error is not None:
+            raise ReasonError(where)
 
     # -- the sidecar kernel and the loop thread -----------------------------------------------
 

@@ -96,7 +96,14 @@ class StepFinished:
 
 @dataclass(frozen=True)
 class RunFinished:
+    """The run ended. ``saved_to``: the file that holds its trace (the store's, or a fallback
+    file when the store could not be written; None without a store, or if neither could be
+    written); ``save_error``: why not the store's. As the ``Reasoner``'s attributes of the same
+    names."""
+
     trace: Trace
+    saved_to: Path | None = None
+    save_error: str | None = None
 
 
 ReasonerEvent = Event | RunStarted | StepStarted | StepOutput | StepFinished | RunFinished
@@ -224,14 +231,14 @@ class Reasoner:
             run.save()
             if run.stopped_step is not None:
                 yield run.stopped_step
-            yield RunFinished(run.trace)
+            yield RunFinished(run.trace, self.saved_to, self.save_error)
             raise
         except Exception as e:  # the sampler or the kernel failed: keep the trace
             run.finish("error", error=f"{type(e).__name__}: {e}")
         finally:
             run.finish("interrupted")  # a no-op when the run has already finished
             run.save()
-        yield RunFinished(run.trace)
+        yield RunFinished(run.trace, self.saved_to, self.save_error)
 
 
 class _Run:

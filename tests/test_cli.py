@@ -318,12 +318,16 @@ def test_a_trace_store_that_fails_mid_run_goes_to_a_fallback_file(tmp_path):
         fallback.unlink()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_end_the_run_like_ctrl_c_with_the_trace_saved(tmp_path, signum):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_sigterm_and_sighup_end_the_run_with_the_trace_saved(tmp_path, signum):
+    # SIGINT is what Ctrl-C sends; the kernel, in a session of its own, does not get it.
+    sleeping = tmp_path / "sleeping"
     script = tmp_path / "slow.txt"
     script.write_text(
         "<think>\n```python\nprint('first')\n```\n"
-        "```python\nimport time\ntime.sleep(60)\n```\n</think>\n<answer>never</answer>\n"
+        "```python\nimport pathlib, time\nprint('second', flush=True)\n"
+        f"pathlib.Path({str(sleeping)!r}).touch()\ntime.sleep(60)\n```\n"
+        "</think>\n<answer>never</answer>\n"
     )
     trace_file = tmp_path / "run.jsonl"
     env = {**os.environ, "KERNEL_BRIDGE_HOME": str(tmp_path), "NO_COLOR": "1"}
@@ -340,18 +344,18 @@ def test_sigterm_and_sighup_end_the_run_like_ctrl_c_with_the_trace_saved(tmp_pat
     )
     checkpoints = tmp_path / "run.jsonl.inprogress"
     deadline = time.monotonic() + 60
-    while not any(checkpoints.glob("*.json")):  # the first block ran; the second is sleeping
+    while not sleeping.exists():  # the second block printed and sleeps
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
-    time.sleep(0.5)
+    time.sleep(0.5)  # for its output to reach the CLI
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signum, err
+    assert proc.returncode == 128 + signum, err  # 130 for Ctrl-C, as a shell reports it
     (line,) = trace_file.read_text().splitlines()  # a line of its own, not only a checkpoint
     trace = Trace.from_json(line)
     assert trace.finish_reason == "interrupted"
     assert trace.steps[0].output_text == "first"
-    assert trace.steps[1].output_text.startswith("[interrupted")  # the block it stopped
+    assert trace.steps[1].output_text.startswith("second\n[interrupted")  # the stopped block
     assert trace.answer is None
     assert "⟵ error in" in out  # the terminal shows the stopped block end, as the trace does
     assert not list(checkpoints.glob("*.json"))

@@ -176,6 +176,15 @@ async def test_allocating_past_the_memory_limit_raises_memory_error():
         assert (await k.execute("'alive'")).output_text == "'alive'"
 
 
+async def test_writing_past_the_file_size_limit_fails_and_keeps_the_kernel(tmp_path):
+    async with Kernel(file_size_limit=1 << 20, workspace=str(tmp_path)) as k:
+        result = await k.execute("with open('big', 'wb') as f:\n    f.write(bytes(2 << 20))")
+        assert result.status == "error"
+        assert result.error_name == "OSError" and "File too large" in result.output_text
+        assert (await k.execute("'alive'")).output_text == "'alive'"
+    assert (tmp_path / "big").stat().st_size == 1 << 20
+
+
 async def test_secrets_are_not_inherited(monkeypatch):
     for name in ("OPENAI_API_KEY", "GITHUB_TOKEN", "APP_SECRET", "DB_PASSWORD", "ALLOWED_TOKEN"):
         monkeypatch.setenv(name, "s3cr3t")

@@ -287,6 +287,38 @@ def test_traces_go_to_the_default_store_without_trace_option(notebook):
     assert last_trace(store).id == cell.outputs[-1].data[TRACE_MIME]["id"]
 
 
+def test_a_trace_store_that_fails_mid_run_goes_to_a_fallback_file_the_cell_names(
+    notebook, tmp_path
+):
+    # The model's own code removes the trace directory, as a full disk would fail the writes.
+    store = tmp_path / "store"
+    model = tmp_path / "breaks_the_store.txt"
+    model.write_text(
+        "<think>\n```python\nimport pathlib, shutil\n"
+        f"shutil.rmtree({str(store)!r})\npathlib.Path({str(store)!r}).write_text('in the way')\n"
+        "print('store gone')\n```\nStill going.\n</think>\n<answer>done</answer>\n"
+    )
+    store.mkdir()
+    cell = notebook.reason(f"--model scripted:{model} --trace {store / 'run.jsonl'}", "q")
+    assert summary(cell)[:-1] == ["trace"]  # the run's one view, then one error line
+    error = cell.outputs[-1]
+    prefix = f"cannot write the trace to {store / 'run.jsonl'}: "
+    assert error.evalue.startswith(prefix), error.evalue
+    fallback = Path(error.evalue.rsplit("; saved it to ", 1)[1].removesuffix(" instead"))
+    try:
+        (trace,) = load_traces(fallback)
+        assert trace.finish_reason == "answer" and trace.answer == "done"
+        assert trace.steps[0].output_text == "store gone"
+        bundle = cell.outputs[-2]
+        assert bundle.data[TRACE_MIME]["id"] == trace.id
+        assert bundle.data["text/plain"].endswith(f"trace {trace.id} in {fallback}")
+        assert bundle.metadata[TRACE_MIME]["trace_path"] == str(fallback)
+        (finished,) = [e for e in notebook.comm_log if e.get("type") == "finished"]
+        assert finished["trace_path"] == str(fallback)  # the sidebar is told the same
+    finally:
+        fallback.unlink()
+
+
 def test_show_answer_hides_thinking_code_and_outputs(notebook, trace_file):
     cell = notebook.reason(
         f"--show answer --model {script('magic_rich.txt')} --trace {trace_file}", "Rows?"
