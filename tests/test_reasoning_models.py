@@ -9,6 +9,7 @@ and the kernel are real.
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from rich.console import Console
@@ -25,6 +26,7 @@ from kernel_bridge.samplers.litellm import (
 )
 from kernel_bridge.trace import Segment, TraceStore
 from tests.openai_standin import AnthropicStandIn, OpenAIStandIn, Reply
+from tests.test_magic import last_trace, magic_notebook, printed
 
 QUESTION = [{"role": "user", "content": "What is 6*7?"}]
 # Thinking with a block in it, then the output the model guesses (which must never be used),
@@ -75,6 +77,20 @@ async def run_recorded(reasoner: Reasoner, question: str):
         events.append(event)
         renderer.handle(event)
     return reasoner.trace, events, screen.getvalue()
+
+
+def shown_while_running(labels: list[str]) -> list[str]:
+    """``Notebook.streamed()`` with stdout that ipykernel sent in several 0.2 s batches joined,
+    and without the loading display a model shows when it takes over a second to load."""
+    if labels[:2] == ["loading", "clear"]:
+        labels = labels[2:]
+    joined: list[str] = []
+    for label in labels:
+        if label.startswith("stdout:") and joined and joined[-1].startswith("stdout:"):
+            joined[-1] += label.removeprefix("stdout:")
+        else:
+            joined.append(label)
+    return joined
 
 
 def think_text(events) -> str:
@@ -570,6 +586,46 @@ def test_cli_reasoning_effort_turns_an_api_models_thinking_on(anthropic, tmp_pat
     (trace,) = TraceStore(tmp_path / "traces.jsonl").load()
     assert trace.sampler["params"]["reasoning_effort"] == "low"
     assert trace.text == "<think>\nSix sevens are 42.\n</think>\n\n42"
+
+
+@pytest.mark.slow
+def test_reason_magic_shows_api_thinking_in_the_cell_and_the_comm(anthropic, tmp_path, monkeypatch):
+    # %%reason in a real notebook kernel, which reaches the stand-in through the variables it
+    # inherits; --reasoning-effort turns Anthropic's thinking on, and its block runs there.
+    anthropic.add(thinking_reply(), Reply("42", reasoning="So it is 42.", chunk_size=4))
+    monkeypatch.setenv("ANTHROPIC_API_BASE", anthropic.api_base)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    trace_file = tmp_path / "traces.jsonl"
+    model = "anthropic/claude-sonnet-4-5"
+    with magic_notebook(tmp_path) as notebook:
+        cell = notebook.reason(
+            f"--model {model} --reasoning-effort low --trace {trace_file}", "What is 6*7?"
+        )
+        # (The log also has the closing of the loading display's widgets: events have a type.)
+        streamed, events = notebook.streamed(), [e for e in notebook.comm_log if "type" in e]
+        assert printed(notebook.run("print(x)")) == "42\n"  # the block ran in the notebook
+    assert [body["thinking"]["type"] for body in anthropic.bodies] == ["enabled", "enabled"]
+    trace = last_trace(trace_file)
+    assert trace.sampler["params"]["reasoning_effort"] == "low"
+    assert [(s.status, s.output_text) for s in trace.steps] == [("ok", "42")]
+    assert trace.answer == "42"
+    spans = [(s.kind, seg.text[s.start : s.end]) for seg in trace.segments for s in seg.spans or []]
+    assert ("think", "\nLet me compute.\n") in spans and ("think", "So it is 42.\n") in spans
+    # While it ran, the cell streamed the thinking, the block, its output, then the answer;
+    # the finished cell keeps one view of it all and the trace.
+    streamed = shown_while_running(streamed)
+    assert streamed[:4] == ["stdout:Let me compute.\n", "code", "stdout:42\n", "step:ok"]
+    assert re.fullmatch(r"stdout:So it is 42\.\n+42\n", streamed[4])  # then the answer
+    assert streamed[5:] == ["clear", "trace"]
+    view, _ = cell.outputs
+    assert "Let me compute." in view.data["text/html"] and "So it is 42." in view.data["text/html"]
+    # The comm carried the same thinking, and the block's end.
+    think = "".join(e["text"] for e in events if e["type"] == "text" and e["section"] == "think")
+    assert think == "\nLet me compute.\nSo it is 42.\n"
+    code = [(e["section"], e["code"], e["runs"]) for e in events if e["type"] == "code"]
+    assert code == [("think", "x = 6 * 7\nprint(x)\n", True)]
+    assert [e["status"] for e in events if e["type"] == "step_finished"] == ["ok"]
+    assert events[-1]["type"] == "finished" and events[-1]["finish_reason"] == "answer"
 
 
 @pytest.mark.parametrize(
