@@ -266,12 +266,38 @@ def _say(kind: str, message: str) -> None:
 
 # -- reason -----------------------------------------------------------------------------------
 
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
+def set_non_dumpable() -> bool:
+    """Make this process non-dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``); True if it took.
+
+    What it protects: this process's environment (an API key given to the command alone) and
+    memory from its kernels, whose code runs as the same user: ``/proc/<pid>/environ`` and ``mem``
+    of a non-dumpable process need ``CAP_SYS_PTRACE``. What not: a kernel running as root (it has
+    that capability), and the keys that other processes of the user hold (the shell that exported
+    them, a notebook server). Side effects: no core dump, and debuggers and profilers (gdb,
+    py-spy) of the same user cannot attach to this process (ptrace is refused); root's still can.
+    The kernels stay dumpable (exec resets it). Elsewhere than Linux, or where the call fails,
+    nothing changes.
+    """
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
+    except (OSError, AttributeError):  # no libc with prctl in this process
+        return False
+
 
 def _reason(args: argparse.Namespace) -> int:
     from kernel_bridge.loading import quiet_libraries
     from kernel_bridge.runspec import RunSpec, RunSpecError, check_model
     from kernel_bridge.samplers import make_sampler
 
+    set_non_dumpable()  # before any kernel starts: its code cannot read this environment
     if not args.question.strip():
         raise UsageError('the question is empty: write it in quotes, e.g. reason "What is 2**100?"')
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,6 +266,62 @@ def test_an_api_error_is_one_line_on_stderr(tmp_path, monkeypatch):
     assert "sk-x. Find your API key" in line
     assert "Incorrect API key" not in out.stdout
     assert load_traces(tmp_path / "traces.jsonl")[0].finish_reason == "error"
+
+
+# The model's code walks up from its kernel through every ancestor, reading each one's environment.
+READ_ANCESTORS = """<think>
+```python
+import os
+pid = os.getppid()
+while pid:
+    try:
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\\0")
+        print(pid, "read", [v.decode() for v in env if v.startswith(b"OPENAI_API_KEY=")])
+    except PermissionError:
+        print(pid, "denied")
+    status = open(f"/proc/{pid}/status").read()
+    pid = int(status.split("PPid:")[1].split()[0])
+```
+</think>
+<answer>done</answer>
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the CLI as another user")
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_the_kernel_cannot_read_an_api_key_from_the_cli_environment(request):
+    """An ordinary user's kernel cannot read ``/proc/<CLI pid>/environ``: the CLI is non-dumpable,
+    so a key given to the command alone stays out of the kernel's reach."""
+    work = Path(tempfile.mkdtemp(prefix="kb-", dir="/tmp"))  # short: room for kernel sockets
+    request.addfinalizer(lambda: shutil.rmtree(work, ignore_errors=True))
+    work.chmod(0o777)  # everything the CLI writes, as uid 65534
+    script = work / "read_ancestors.txt"
+    script.write_text(READ_ANCESTORS)
+    trace_file = work / "run.jsonl"
+    marker = f"sk-test-marker-{secrets.token_hex(8)}"
+    env = {**os.environ, "OPENAI_API_KEY": marker, "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("KERNEL_BRIDGE_MODEL", None)
+    env.update({name: str(work) for name in ("HOME", "KERNEL_BRIDGE_HOME", "TMPDIR")})
+    env["JUPYTER_RUNTIME_DIR"] = str(work / "runtime")
+    # uid 65534 with CAP_DAC_READ_SEARCH: it reads files root closed to others (this Python may
+    # live under /root), but the check that guards /proc/<pid>/environ needs CAP_SYS_PTRACE.
+    as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    as_nobody += ["--inh-caps", "+dac_read_search", "--ambient-caps", "+dac_read_search"]
+    tried = subprocess.run([*as_nobody, sys.executable, "-c", "import kernel_bridge"], env=env)
+    if tried.returncode != 0:  # e.g. a container that withholds that capability
+        pytest.skip("this machine cannot run the CLI as uid 65534 (setpriv failed)")
+    proc = subprocess.Popen(
+        [*as_nobody, sys.executable, "-m", "kernel_bridge.cli", "reason", "q",
+         "--model", f"scripted:{script}", "--trace", str(trace_file)],
+        env=env, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=120)  # setpriv execs the CLI: proc.pid is the CLI's
+    assert proc.returncode == 0, err
+    (trace,) = load_traces(trace_file)
+    walked = trace.steps[0].output_text
+    assert marker not in out + err + trace_file.read_text(), walked
+    assert f"{proc.pid} denied" in walked.splitlines(), walked  # it reached the CLI
 
 
 def test_a_trace_path_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsys):

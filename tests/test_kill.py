@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from kernel_bridge.trace import load_traces
 
 SLOW = "<think>\n```python\nprint('first')\n```\n```python\nimport time\ntime.sleep(60)\n```\n"
@@ -22,6 +24,14 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "kernel_bridge.cli", *args],
         env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def running(process: psutil.Process) -> bool:
+    """True while ``process`` (not another that took its pid) runs; a zombie has ended."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_after_sigkill_the_run_is_recovered_and_its_kernel_directory_removed(tmp_path, request):
@@ -45,9 +55,16 @@ def test_after_sigkill_the_run_is_recovered_and_its_kernel_directory_removed(tmp
     time.sleep(0.5)
     left = list(temp.glob(f"kernel-bridge-{proc.pid}-*"))
     assert left  # its kernel's connection file and workspace
+    (kernel,) = psutil.Process(proc.pid).children()
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not trace_file.exists()  # SIGKILL: no line was written
+
+    # The kernel ends by itself: ipykernel polls for its parent (JPY_PARENT_PID) every second.
+    deadline = time.monotonic() + 30
+    while running(kernel):
+        assert time.monotonic() < deadline, f"the killed CLI's kernel {kernel.pid} still runs"
+        time.sleep(0.1)
 
     # The next command shows the run, as interrupted, with the block that ran.
     shown = cli("traces", "show", str(trace_file), env=env)
