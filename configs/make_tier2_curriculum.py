@@ -7,6 +7,11 @@ value, not the last; every square divisor, not the square root; ...). Those hint
 training tasks only: every held-out task is a built-in one, word for word, so the evaluation asks
 exactly what the first stage was evaluated on.
 
+Also configs/tier2-guided.jsonl, the tasks of the guided run (configs/cpu-0.5b-guided.toml): the
+same, but each hinted instance keeps its question word for word and carries the sentence as its
+``hint``. A rollout is asked the question with the hint; the update trains its completion after the
+question alone (``Task.hint``), so what is learnt is not tied to a hint that evaluation never gives.
+
     python configs/make_tier2_curriculum.py
 """
 
@@ -43,8 +48,18 @@ def curriculum() -> list:
     return tasks + hinted
 
 
+def guided() -> list:
+    tasks = builtin_tasks([2])
+    hinted = [
+        dataclasses.replace(task, id=f"{task.id}-guided", hint=HINTS[template])
+        for task in tasks
+        if task.split == "train" and (template := task.id.split("-")[1]) in HINTS
+    ]
+    return tasks + hinted
+
+
 if __name__ == "__main__":
-    out = Path(__file__).with_name("tier2-curriculum.jsonl")
-    tasks = curriculum()
-    write_tasks(tasks, out)
-    print(f"{out}: {len(tasks)} tasks ({sum(t.split == 'heldout' for t in tasks)} held out)")
+    for name, tasks in (("tier2-curriculum.jsonl", curriculum()), ("tier2-guided.jsonl", guided())):
+        out = Path(__file__).with_name(name)
+        write_tasks(tasks, out)
+        print(f"{out}: {len(tasks)} tasks ({sum(t.split == 'heldout' for t in tasks)} held out)")

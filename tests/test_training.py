@@ -38,6 +38,7 @@ from kernel_bridge.training.tasks import (
     load_tasks,
     market_closes,
     split_tasks,
+    write_tasks,
 )
 from tests.samplers_standins import TurnsSamplerStandIn
 
@@ -618,6 +619,22 @@ def test_lora_init_starts_the_adapters_from_a_checkpoint_and_rejects_another_ran
         load_policy(TrainConfig(model="tiny", lora=True, lora_init=str(tmp_path / "nothing")))
 
 
+def test_a_hint_is_for_training_tasks_only_and_saved_only_when_given(tmp_path):
+    with pytest.raises(TaskError, match="held-out task takes no hint"):
+        Task("h", "q?", 1, split="heldout", hint="look")
+    with pytest.raises(TaskError, match="hint must be non-empty"):
+        Task("h", "q?", 1, hint=" ")
+    guided, plain = Task("a", "q?", 1, hint="look"), Task("b", "q?", 1)
+    assert guided.asked == "q? Hint: look" and plain.asked == "q?"
+    assert "hint" not in plain.to_dict()  # task files without hints stay as they were
+    path = tmp_path / "tasks.jsonl"
+    write_tasks([guided, plain], path)
+    assert load_tasks(path) == [guided, plain]
+    # Held out by hash: never a guided task, which evaluation could not ask.
+    many = [Task(f"t{i}", "q?", 1, hint="look" if i % 2 else None) for i in range(20)]
+    assert all(t.hint is None for t in hold_out(many, 0.5) if t.split == "heldout")
+
+
 def test_the_tier2_curriculum_holds_out_the_builtin_tasks_word_for_word():
     import importlib.util
     from pathlib import Path
@@ -636,3 +653,10 @@ def test_the_tier2_curriculum_holds_out_the_builtin_tasks_word_for_word():
     hinted = [t for t in tasks if "Hint:" in t.question]
     assert len(hinted) == 5 * 4 and all(t.split == "train" for t in hinted)
     assert {t.question.split(" Hint:")[0] for t in hinted} <= {t.question for t in tasks}
+    # The guided run's file: the same hinted instances, each with its question word for word
+    # and the sentence as its hint.
+    guided = module.guided()
+    assert load_tasks(path.with_name("tier2-guided.jsonl")) == guided  # the committed file
+    assert [t for t in guided if t.hint is None] == builtin_tasks([2])
+    with_hint = [t for t in guided if t.hint is not None]
+    assert [t.asked for t in with_hint] == [t.question for t in hinted]  # what stage two asked

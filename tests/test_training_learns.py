@@ -5,6 +5,7 @@ traces with human labels train; the CLI runs; market-data tasks reach the financ
 from __future__ import annotations
 
 import json
+import math
 import statistics
 
 import pytest
@@ -224,3 +225,30 @@ async def test_many_parallel_rollouts_share_one_transformers_sampler():
     async with asyncio.timeout(60):
         counts = await asyncio.gather(*(one() for _ in range(24)))
     assert all(0 < n <= 4 for n in counts)
+
+
+async def test_a_guided_task_is_asked_with_its_hint_and_trained_after_the_plain_question():
+    """The rollout sees the hint; the update's example is the same completion after the question
+    alone (the chat template's prompt of the messages without the hint), with the trainer's own
+    logprobs as the old policy's."""
+    from kernel_bridge.training.batch import training_example
+    from kernel_bridge.training.policy import tiny_policy
+
+    _, tokenizer = tiny_policy(seed=1)
+    task = Task("g", "What is 6 * 7?", 42, match="numeric", hint="multiply in a block")
+    settings = RolloutSettings(limits=Limits(max_steps=1, max_tokens=100))
+    async with KernelPool(size=1) as pool:
+        sampler = ScriptedSampler("Easy.\n<answer>42</answer>")
+        (rollout,) = await collect_rollouts(sampler, pool, [task], 1, settings)
+    trace = rollout.trace
+    assert trace.messages[-1]["content"] == "What is 6 * 7? Hint: multiply in a block"
+    plain = [*trace.messages[:-1], {"role": "user", "content": task.question}]
+    expected = tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=True)
+    expected = list(expected["input_ids"] if hasattr(expected, "keys") else expected)
+
+    as_asked = training_example(trace, tokenizer, 1.0, max_len=4096)
+    guided = training_example(trace, tokenizer, 1.0, max_len=4096, question=task.question)
+    assert guided.prompt_ids == expected != as_asked.prompt_ids
+    assert "Hint" not in tokenizer.decode(guided.prompt_ids)
+    assert guided.completion_ids == as_asked.completion_ids and guided.mask == as_asked.mask
+    assert all(math.isnan(x) for x in guided.recorded)

@@ -8,6 +8,7 @@ it agrees with the trainer's, the trainer's elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,15 +38,30 @@ class Example:
         return self.prompt_ids, self.completion_ids, self.mask, self.recorded
 
 
-def training_example(trace: Trace, tokenizer: Any, advantage: float, max_len: int) -> Example:
+def training_example(
+    trace: Trace, tokenizer: Any, advantage: float, max_len: int, question: str | None = None
+) -> Example:
     """``trace.training_view`` (ids, mask, recorded logprobs), cut to ``max_len`` tokens.
 
     A run that ended with an answer ended because the model sampled its end-of-turn token, which
     the trace does not keep; it is appended (a model token, no recorded logprob) so the policy
     also learns when to stop.
+
+    ``question``: the run was asked something else (a guided task's question with its hint), and
+    the update trains its completion after ``question`` instead: the prompt is the trace's
+    messages with the last user message's text replaced, through the chat template, and no
+    recorded logprob is kept (the sampler's were conditioned on the other prompt), so the
+    trainer's own are the old policy's.
     """
+    if question is not None:
+        messages = [dict(m) for m in trace.messages]
+        last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+        messages[last]["content"] = question
+        trace = dataclasses.replace(trace, messages=messages, prompt_token_ids=None)
     view = trace.training_view(tokenizer)
     completion, mask, recorded = list(view.completion_ids), list(view.mask), list(view.logprobs)
+    if question is not None:
+        recorded = [math.nan] * len(recorded)
     eos = getattr(tokenizer, "eos_token_id", None)
     ended = (
         trace.finish_reason == "answer" and trace.segments and trace.segments[-1].kind == "model"
@@ -142,15 +158,19 @@ def update_batch(
     max_len: int,
     micro_batch_size: int,
     keep_zero_advantage: bool,
+    questions: Sequence[str | None] | None = None,
 ) -> UpdateBatch:
     """The scored traces as padded micro-batches, one group's rows together, longest first.
 
     A sequence without model tokens is left out; so is one with advantage 0 unless
     ``keep_zero_advantage`` (with β = 0 its loss is exactly 0: its forward pass is saved).
+    ``questions``: per trace, the question its completion is trained after when that is not
+    what it was asked (guided tasks; see ``training_example``), else None.
     """
+    asked = questions if questions is not None else [None] * len(traces)
     examples = [
-        training_example(trace, tokenizer, advantage, max_len)
-        for trace, advantage in zip(traces, advantages, strict=True)
+        training_example(trace, tokenizer, advantage, max_len, question)
+        for trace, advantage, question in zip(traces, advantages, asked, strict=True)
     ]
     num_tokens = sum(sum(e.mask) for e in examples)
     active = [e for e in examples if sum(e.mask) and (e.advantage != 0 or keep_zero_advantage)]

@@ -144,8 +144,8 @@ async def rollout(
     settings: RolloutSettings,
     question: str | list[dict[str, Any]] | None = None,
 ) -> Trace:
-    """Run ``question`` (default ``task.question``) once through a ``Reasoner`` with a fresh
-    kernel; return the trace.
+    """Run ``question`` (default ``task.asked``: the question, and its hint if it has one) once
+    through a ``Reasoner`` with a fresh kernel; return the trace.
 
     A task with tools takes its kernel at once (the tools are installed before the first block);
     one without takes it only if the model writes a block.
@@ -153,7 +153,7 @@ async def rollout(
     if question is None:
         if task is None:
             raise ValueError("a rollout needs a task or a question")
-        question = task.question
+        question = task.asked
     options = prompt_options(settings.system_prompt)
     tools = task_tools(task) if task is not None else None
     if tools is not None:

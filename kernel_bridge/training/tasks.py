@@ -45,6 +45,11 @@ class Task:
     ``match``: ``exact`` (normalized text), ``numeric`` (the last number of the answer, within
     ``tolerance``), ``set`` or ``list`` (items, any order or in order). ``tools`` names a toolset
     (``"finance"``) the kernel gets for this task, with data only up to ``cutoff``.
+
+    ``hint``: a guided task. Its rollouts are asked ``question`` with the hint after it (``asked``),
+    so a model that never solves the task alone finds a solution; the update trains each
+    rollout's completion after the plain ``question`` (``training.batch.training_example``), so
+    what the policy learns does not wait for a hint. Evaluation never gives one.
     """
 
     id: str
@@ -56,6 +61,12 @@ class Task:
     split: Split = "train"
     tools: str | None = None
     cutoff: str | None = None
+    hint: str | None = None
+
+    @property
+    def asked(self) -> str:
+        """What a rollout is asked: the question, and the hint after it if there is one."""
+        return f"{self.question} Hint: {self.hint}" if self.hint else self.question
 
     def __post_init__(self) -> None:
         if not self.id or not isinstance(self.id, str):
@@ -83,6 +94,10 @@ class Task:
             )
         if not _is_number(self.tolerance) or self.tolerance < 0:
             raise TaskError(f"task {self.id!r}: tolerance must be a number ≥ 0")
+        if self.hint is not None and (not isinstance(self.hint, str) or not self.hint.strip()):
+            raise TaskError(f"task {self.id!r}: a hint must be non-empty text")
+        if self.hint is not None and self.split == "heldout":
+            raise TaskError(f"task {self.id!r}: a held-out task takes no hint (it is evaluated)")
         if self.split not in ("train", "heldout"):
             raise TaskError(f"task {self.id!r}: split must be 'train' or 'heldout'")
         if self.cutoff is not None:
@@ -94,7 +109,10 @@ class Task:
                 ) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["hint"] is None:  # most tasks have none; their lines stay as they were
+            del data["hint"]
+        return data
 
 
 def _is_number(value: Any) -> bool:
@@ -103,7 +121,18 @@ def _is_number(value: Any) -> bool:
 
 # -- loading -------------------------------------------------------------------------------------
 
-_FIELDS = ("id", "question", "answer", "match", "tolerance", "tier", "split", "tools", "cutoff")
+_FIELDS = (
+    "id",
+    "question",
+    "answer",
+    "match",
+    "tolerance",
+    "tier",
+    "split",
+    "tools",
+    "cutoff",
+    "hint",
+)
 
 
 def load_tasks(path: str | os.PathLike[str]) -> list[Task]:
@@ -111,8 +140,8 @@ def load_tasks(path: str | os.PathLike[str]) -> list[Task]:
 
     Optional keys: ``id`` (default ``<file stem>-<line>``), ``match`` (default ``numeric`` for a
     number, ``list`` for a list, else ``exact``), ``tolerance``, ``tier``, ``split``
-    (``train``/``heldout``), ``tools``, ``cutoff``. Blank lines and lines starting with ``//``
-    are skipped.
+    (``train``/``heldout``), ``tools``, ``cutoff``, ``hint`` (training tasks only). Blank lines
+    and lines starting with ``//`` are skipped.
     """
     path = Path(path)
     try:
@@ -167,12 +196,14 @@ def load_tasks(path: str | os.PathLike[str]) -> list[Task]:
 def hold_out(tasks: list[Task], fraction: float) -> list[Task]:
     """Mark a stable ``fraction`` of tasks as held out (by a hash of the id), when none is.
 
-    Tasks that already say which split they are in are returned unchanged.
+    Tasks that already say which split they are in are returned unchanged. Guided tasks (with a
+    hint) are never held out.
     """
     if any(t.split == "heldout" for t in tasks) or fraction <= 0:
         return tasks
     count = min(len(tasks) - 1, math.ceil(len(tasks) * fraction))
-    order = sorted(tasks, key=lambda t: hashlib.sha256(t.id.encode()).hexdigest())
+    plain = [t for t in tasks if t.hint is None]
+    order = sorted(plain, key=lambda t: hashlib.sha256(t.id.encode()).hexdigest())
     held = {t.id for t in order[:count]}
     return [Task(**{**t.to_dict(), "split": "heldout"}) if t.id in held else t for t in tasks]
 

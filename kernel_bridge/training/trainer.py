@@ -295,6 +295,7 @@ class Trainer:
             [r.trace for r in rollouts], advantages.tolist(), self.tokenizer,
             max_len=c.max_seq_len, micro_batch_size=c.micro_batch_size,
             keep_zero_advantage=c.beta > 0,
+            questions=[r.task.question if r.task and r.task.hint else None for r in rollouts],
         )  # fmt: skip
         stats: dict[str, float] = {
             "sequences_updated": data.sequences_updated,
