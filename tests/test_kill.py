@@ -15,7 +15,10 @@ import psutil
 
 from kernel_bridge.trace import load_traces
 
-SLOW = "<think>\n```python\nprint('first')\n```\n```python\nimport time\ntime.sleep(60)\n```\n"
+SLOW = (
+    "<think>\n```python\nprint('first')\n```\n```python\nimport subprocess, time\n"
+    "subprocess.Popen(['sleep', '300'], start_new_session=True)\ntime.sleep(60)\n```\n"
+)  # the second block leaves a process in a session of its own, then sleeps
 QUICK = "<think>\n```python\nprint('again')\n```\n</think>\n<answer>done</answer>\n"
 
 
@@ -56,6 +59,13 @@ def test_after_sigkill_the_run_is_recovered_and_its_kernel_directory_removed(tmp
     left = list(temp.glob(f"kernel-bridge-{proc.pid}-*"))
     assert left  # its kernel's connection file and workspace
     (kernel,) = psutil.Process(proc.pid).children()
+    deadline = time.monotonic() + 30
+    while not (daemons := [p for p in kernel.children() if p.name() == "sleep"]):
+        assert time.monotonic() < deadline, "the second block started no sleep process"
+        time.sleep(0.1)
+    (daemon,) = daemons
+    request.addfinalizer(lambda: running(daemon) and daemon.kill())
+    in_cgroup = "/kernel-bridge/" in Path(f"/proc/{kernel.pid}/cgroup").read_text()
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not trace_file.exists()  # SIGKILL: no line was written
@@ -65,6 +75,7 @@ def test_after_sigkill_the_run_is_recovered_and_its_kernel_directory_removed(tmp
     while running(kernel):
         assert time.monotonic() < deadline, f"the killed CLI's kernel {kernel.pid} still runs"
         time.sleep(0.1)
+    assert running(daemon)  # its own session: neither the SIGKILL nor the kernel's end reach it
 
     # The next command shows the run, as interrupted, with the block that ran.
     shown = cli("traces", "show", str(trace_file), env=env)
@@ -79,3 +90,8 @@ def test_after_sigkill_the_run_is_recovered_and_its_kernel_directory_removed(tmp
                 "--trace", str(tmp_path / "other.jsonl"), env=env)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert not any(path.exists() for path in left)
+    if in_cgroup:  # and its kernel's pids cgroup kills what the killed process left in its own
+        deadline = time.monotonic() + 30
+        while running(daemon):
+            assert time.monotonic() < deadline, f"{daemon.pid} outlived the killed CLI's cgroup"
+            time.sleep(0.1)

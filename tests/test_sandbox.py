@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -172,6 +173,40 @@ async def test_processes_left_in_the_cgroup_are_killed_at_restart():
         pid = int(daemon.output_text)
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
         assert k._transport.cgroup.pids() == [k.pid]
+
+
+def test_a_dead_owners_cgroup_is_emptied_by_the_next_one_made(request):
+    # Before, a process left in a cgroup whose owner was SIGKILLed ran on, the cgroup with it.
+    if problem := _pids_cgroup_problem():
+        pytest.skip(problem)
+    namespace = cgroup._pid_namespace()
+    if namespace is None:
+        pytest.skip("/proc does not show this process's pid namespace")
+    reaped = subprocess.Popen(["true"])
+    reaped.wait()  # a pid of our namespace that no process has now
+    assert not Path(f"/proc/{reaped.pid}").exists()
+    parent = cgroup._pids_parent(cgroup.CGROUP_ROOT)
+    names = {
+        "ours": f"{reaped.pid}-{namespace}-0dead0ff",
+        "another namespace": f"{reaped.pid}-{namespace + 1}-0dead0ff",
+        "no namespace": f"{reaped.pid}-0dead0ff",
+    }
+    left: dict[str, subprocess.Popen[bytes]] = {}
+    for which, name in names.items():
+        (parent / name).mkdir()
+        request.addfinalizer(PidsCgroup(parent / name).remove)
+        left[which] = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        request.addfinalizer(left[which].kill)
+        (parent / name / "cgroup.procs").write_text(str(left[which].pid))
+
+    request.addfinalizer(PidsCgroup.create(8).remove)
+
+    assert left["ours"].wait(timeout=10) == -9  # its owner is dead for certain
+    assert not (parent / names["ours"]).exists()
+    # Another namespace's owner may still run: a minute old and empty at least, as before.
+    for which in ("another namespace", "no namespace"):
+        assert left[which].poll() is None
+        assert PidsCgroup(parent / names[which]).pids() == [left[which].pid]
 
 
 def test_a_cgroup_the_launcher_cannot_join_is_a_warning_not_a_failure():

@@ -7,6 +7,11 @@ included), its launcher joins it before anything else runs, and shutdown kills w
 in it, also processes that left the kernel's session. Where it cannot, ``PidsCgroup.create``
 raises ``CgroupUnavailableError`` saying why.
 
+A cgroup is named ``{pid}-{pidns}-{id}`` after the process that made it and the inode of its pid
+namespace (``{pid}-{id}`` where that namespace is not the one ``/proc`` shows). The next cgroup
+made on the system kills what a killed owner left in its cgroup, once the name proves the owner
+dead: see ``PidsCgroup._remove_stale``.
+
 Where one is looked for: the cgroup v1 pids hierarchy (``/sys/fs/cgroup/pids``, as on this
 project's CI machines), then cgroup v2 when the pids controller is already enabled for the
 children of this process's cgroup (a delegated cgroup). v2 is never reorganised to get one.
@@ -41,6 +46,21 @@ def _v2_dir(root: Path) -> Path | None:
                 with contextlib.suppress(OSError):
                     if "pids" in (here / "cgroup.subtree_control").read_text().split():
                         return here
+    return None
+
+
+def _pid_namespace() -> int | None:
+    """The inode of this process's pid namespace, if ``/proc`` shows that namespace (so that a
+    pid of it has a ``/proc`` entry exactly while it is in use); None otherwise."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        inode = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    for line in status.splitlines():
+        # One pid: /proc belongs to our namespace, not to an ancestor of it.
+        if line.startswith("NSpid:") and len(line.split()) == 2:
+            return inode
     return None
 
 
@@ -81,7 +101,9 @@ class PidsCgroup:
                 with contextlib.suppress(OSError):
                     (parent / "cgroup.subtree_control").write_text("+pids")
             cls._remove_stale(parent)
-            path = parent / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            namespace = _pid_namespace()
+            owner = str(os.getpid()) if namespace is None else f"{os.getpid()}-{namespace}"
+            path = parent / f"{owner}-{uuid.uuid4().hex[:8]}"
             path.mkdir()
         except OSError as e:
             raise CgroupUnavailableError(f"cannot make a pids cgroup in {parent}: {e}") from None
@@ -95,16 +117,26 @@ class PidsCgroup:
 
     @staticmethod
     def _remove_stale(parent: Path) -> None:
-        """Drop empty cgroups that processes no longer running left behind (a minute old at
-        least: the owner may be a process of another pid namespace, still starting its kernel)."""
+        """Clean up the cgroups of owners that no longer run.
+
+        Named with our pid namespace and an owner pid without a ``/proc`` entry: the owner is
+        dead (a reused pid looks alive and only delays this), so what it left in its cgroup is
+        killed and the cgroup removed. Any other name's owner may run in another pid namespace,
+        where a missing ``/proc`` entry proves nothing: its cgroup is only removed once empty and
+        a minute old (the owner may still be starting its kernel)."""
+        namespace = _pid_namespace()
         for child in parent.iterdir():
-            owner = child.name.split("-", 1)[0]
+            parts = child.name.split("-")
+            if not (len(parts) in (2, 3) and all(part.isdigit() for part in parts[:-1])):
+                continue
             with contextlib.suppress(OSError):
-                if (
-                    owner.isdigit()
-                    and not Path(f"/proc/{owner}").exists()
-                    and time.time() - child.stat().st_mtime > 60
-                ):
+                if Path(f"/proc/{parts[0]}").exists():
+                    continue
+                if len(parts) == 3 and namespace is not None and int(parts[1]) == namespace:
+                    # Also where the name's namespace ended and its inode went to ours: an inode
+                    # is reused only once every process of the old namespace has ended.
+                    PidsCgroup(child).remove()
+                elif time.time() - child.stat().st_mtime > 60:
                     child.rmdir()  # fails while a process is in it
 
     def pids(self) -> list[int]:
@@ -129,8 +161,9 @@ class PidsCgroup:
         deadline = time.monotonic() + timeout
         while (pids := self.pids()) and time.monotonic() < deadline:
             for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+                if pid > 0:  # cgroup v2 lists a process of no pid in our namespace as 0
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
             time.sleep(0.01)
 
     def remove(self) -> None:
