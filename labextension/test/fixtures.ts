@@ -1,3 +1,4 @@
+import { IRenderServices } from '../src/traceview';
 import { CommEvent, ICommOpenData, ITraceJSON } from '../src/types';
 import run from './scripted-run.json';
 
@@ -110,5 +111,25 @@ export function longTrace(n: number): ITraceJSON {
     steps,
     answer: 'done',
     labels: {}
+  };
+}
+
+/** Render services that write plain text into the host (and record each output list drawn). */
+export function fakeServices(): IRenderServices & { outputs: unknown[][] } {
+  const outputs: unknown[][] = [];
+  return {
+    outputs,
+    renderOutputs: (list, host) => {
+      outputs.push(list);
+      host.textContent = list.map((o: any) => o.text ?? o.data?.['text/plain']).join('');
+      return () => undefined;
+    },
+    highlight: (code, host) => {
+      host.textContent = code;
+    },
+    renderMarkdown: (text, host) => {
+      host.textContent = text;
+      return () => undefined;
+    }
   };
 }

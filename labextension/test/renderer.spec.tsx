@@ -4,27 +4,12 @@ import { describe, expect, it } from 'vitest';
 import { AllTraces, NotebookTraces } from '../src/model';
 import { applyEvents, openTrace } from '../src/reducer';
 import { TraceRenderer } from '../src/renderer';
-import { IRenderServices } from '../src/traceview';
 import { TRACE_MIME } from '../src/types';
-import { BUNDLE, EVENTS, OPEN } from './fixtures';
-
-const services: IRenderServices = {
-  renderOutputs: (list, host) => {
-    host.textContent = list.map((o: any) => o.text ?? o.data?.['text/plain']).join('');
-    return () => undefined;
-  },
-  highlight: (code, host) => {
-    host.textContent = code;
-  },
-  renderMarkdown: (text, host) => {
-    host.textContent = text;
-    return () => undefined;
-  }
-};
+import { BUNDLE, EVENTS, fakeServices, OPEN } from './fixtures';
 
 function renderer(all: AllTraces): TraceRenderer {
   const widget = new TraceRenderer(
-    () => services,
+    () => fakeServices(),
     () => true,
     all
   );

@@ -3,27 +3,8 @@ import * as React from 'react';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import { applyEvents, fromTrace, openTrace } from '../src/reducer';
-import { IRenderServices, TraceView } from '../src/traceview';
-import { EVENTS, longTrace, OPEN, TRACE } from './fixtures';
-
-function fakeServices(): IRenderServices & { outputs: unknown[][] } {
-  const outputs: unknown[][] = [];
-  return {
-    outputs,
-    renderOutputs: (list, host) => {
-      outputs.push(list);
-      host.textContent = list.map((o: any) => o.text ?? o.data?.['text/plain']).join('');
-      return () => undefined;
-    },
-    highlight: (code, host) => {
-      host.textContent = code;
-    },
-    renderMarkdown: (text, host) => {
-      host.textContent = text;
-      return () => undefined;
-    }
-  };
-}
+import { TraceView } from '../src/traceview';
+import { EVENTS, fakeServices, longTrace, OPEN, TRACE } from './fixtures';
 
 describe('TraceView', () => {
   it('shows the thinking, each step with status and time, outputs, and the answer', () => {
