@@ -93,31 +93,35 @@ def test_trace_option_show_and_export(tmp_path):
     assert [c.source for c in nb.cells if c.cell_type == "code"][1] == "sum(primes)"
 
 
-def test_errors_are_one_line_without_traceback(tmp_path):
-    cases = [
-        ("reason",),
-        ("reason", "q", "--model", "no-such-model"),
-        ("reason", "q", "--model", "scripted:/no/such/file.txt"),
-        ("reason", "q", "--max-steps", "0", "--model", f"scripted:{SCRIPT}"),
-        ("reason", "q", "--timeout", "soon"),
-        ("reason", "", "--model", f"scripted:{SCRIPT}"),
-        ("reason", " \n\t", "--model", f"scripted:{SCRIPT}"),
-        ("reason", "q", "--model", ""),  # used to run the local model
-        ("reason", "q", "--model", "  "),
-        ("reason", "q", "--profile", "klingon", "--model", f"scripted:{SCRIPT}"),
-        ("reason", "q", "--reasoning-effort", "extreme"),
-        ("reason", "q", "--model", f"scripted:{SCRIPT}", "--reasoning-effort", "high"),
-        ("traces", "show", str(tmp_path / "missing.jsonl")),
-        ("export", str(tmp_path / "missing.jsonl"), "--to", str(tmp_path / "x.ipynb")),
-        ("frobnicate",),
-    ]
-    for args in cases:
-        out = cli(*args, home=tmp_path)
-        assert out.returncode == 2, (args, out.stdout, out.stderr)
-        lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1, (args, out.stderr)
-        assert lines[0].startswith("kernel-bridge: error: "), (args, lines)
-        assert "Traceback" not in out.stderr
+# Each case is its own test, so the workers share these subprocess runs (about 2 s each).
+ONE_LINE_ERRORS = [
+    ("reason",),
+    ("reason", "q", "--model", "no-such-model"),
+    ("reason", "q", "--model", "scripted:/no/such/file.txt"),
+    ("reason", "q", "--max-steps", "0", "--model", f"scripted:{SCRIPT}"),
+    ("reason", "q", "--timeout", "soon"),
+    ("reason", "", "--model", f"scripted:{SCRIPT}"),
+    ("reason", " \n\t", "--model", f"scripted:{SCRIPT}"),
+    ("reason", "q", "--model", ""),  # used to run the local model
+    ("reason", "q", "--model", "  "),
+    ("reason", "q", "--profile", "klingon", "--model", f"scripted:{SCRIPT}"),
+    ("reason", "q", "--reasoning-effort", "extreme"),
+    ("reason", "q", "--model", f"scripted:{SCRIPT}", "--reasoning-effort", "high"),
+    ("traces", "show", "{tmp}/missing.jsonl"),
+    ("export", "{tmp}/missing.jsonl", "--to", "{tmp}/x.ipynb"),
+    ("frobnicate",),
+]
+
+
+@pytest.mark.parametrize("args", ONE_LINE_ERRORS, ids=" ".join)
+def test_errors_are_one_line_without_traceback(tmp_path, args):
+    args = tuple(a.replace("{tmp}", str(tmp_path)) for a in args)
+    out = cli(*args, home=tmp_path)
+    assert out.returncode == 2, (args, out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, (args, out.stderr)
+    assert lines[0].startswith("kernel-bridge: error: "), (args, lines)
+    assert "Traceback" not in out.stderr
 
 
 def test_run_that_hits_a_limit_exits_nonzero_and_saves_the_trace(tmp_path):
