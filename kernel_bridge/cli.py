@@ -373,10 +373,10 @@ def _run_reasoner(args: argparse.Namespace, spec: Any, sampler: Any) -> int:
 
 def _unsaved(reasoner: Any) -> bool:
     """Say on stderr where the trace went if its store could not be written (e.g. disk full)."""
-    if reasoner.save_error is None:
+    problem = reasoner.save_problem
+    if problem is None:
         return False
-    where = f"; saved it to {reasoner.saved_to} instead" if reasoner.saved_to else ""
-    _say("error", reasoner.save_error + where)
+    _say("error", problem)
     return True
 
 

@@ -1009,16 +1009,14 @@ class ReasonMagics(Magics):
             raise ReasonError(
                 f"interrupted; the run is still stopping, trace {trace.id} goes to {path}"
             )
-        where = f"trace {trace.id} saved to {path}"
-        if reasoner.save_error is not None:
-            instead = f"; saved it to {reasoner.saved_to} instead" if reasoner.saved_to else ""
-            where = reasoner.save_error + instead
+        problem = reasoner.save_problem
+        where = problem or f"trace {trace.id} saved to {path}"
         if trace.finish_reason == "interrupted":
             raise ReasonError(f"interrupted; {where}")
         if trace.finish_reason == "error":
             raise ReasonError(f"{trace.error}; {where}")
-        if reasoner.save_error is not None:
-            raise ReasonError(where)
+        if problem is not None:
+            raise ReasonError(problem)
 
     # -- the sidecar kernel and the loop thread -----------------------------------------------
 

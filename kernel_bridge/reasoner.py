@@ -165,6 +165,15 @@ class Reasoner:
         self.saved_to: Path | None = None
         self.save_error: str | None = None
 
+    @property
+    def save_problem(self) -> str | None:
+        """One line saying that the last run's store could not be written, why, and where the
+        trace went instead; None when it was saved where asked (or there is no store)."""
+        if self.save_error is None:
+            return None
+        instead = f"; saved it to {self.saved_to} instead" if self.saved_to else ""
+        return self.save_error + instead
+
     async def kernel(self) -> Executor:
         if self._kernel is None:
             self._kernel = Kernel(timeout=self.limits.step_timeout, sandbox=self.sandbox)

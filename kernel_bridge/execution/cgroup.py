@@ -100,8 +100,8 @@ class PidsCgroup:
             if parent.parent.name != "pids":  # v2: the group's children need the controller too
                 with contextlib.suppress(OSError):
                     (parent / "cgroup.subtree_control").write_text("+pids")
-            cls._remove_stale(parent)
             namespace = _pid_namespace()
+            cls._remove_stale(parent, namespace)
             owner = str(os.getpid()) if namespace is None else f"{os.getpid()}-{namespace}"
             path = parent / f"{owner}-{uuid.uuid4().hex[:8]}"
             path.mkdir()
@@ -116,15 +116,15 @@ class PidsCgroup:
         return group
 
     @staticmethod
-    def _remove_stale(parent: Path) -> None:
+    def _remove_stale(parent: Path, namespace: int | None) -> None:
         """Clean up the cgroups of owners that no longer run.
 
         Named with our pid namespace and an owner pid without a ``/proc`` entry: the owner is
         dead (a reused pid looks alive and only delays this), so what it left in its cgroup is
         killed and the cgroup removed. Any other name's owner may run in another pid namespace,
         where a missing ``/proc`` entry proves nothing: its cgroup is only removed once empty and
-        a minute old (the owner may still be starting its kernel)."""
-        namespace = _pid_namespace()
+        a minute old (the owner may still be starting its kernel). ``namespace``: ours, as
+        ``_pid_namespace`` gives it."""
         for child in parent.iterdir():
             parts = child.name.split("-")
             if not (len(parts) in (2, 3) and all(part.isdigit() for part in parts[:-1])):
